@@ -1,0 +1,485 @@
+//! One HTTP/1.1 connection, from accept to a clean close.
+//!
+//! hyper parses and writes HTTP; this module decides when a connection ends,
+//! because hyper's own `graceful_shutdown` closes an idle keep-alive connection
+//! at once, which races a client that is sending its next request at that
+//! moment (the reset pm2 and Node cluster reloads show, hyper#3792). The rules:
+//!
+//! - A response produced while draining carries `Connection: close`; hyper
+//!   then closes the connection once it is written.
+//! - A connection idle when the drain starts (or that becomes idle during it)
+//!   gets [`ConnectionTimeouts::idle_grace`] to send one last request before it
+//!   is closed.
+//! - Outside a drain, a connection with no request for
+//!   [`ConnectionTimeouts::idle`] is closed, and one that started a request head
+//!   must finish it within [`ConnectionTimeouts::header_read`].
+//! - Every close is a lingering close: we send FIN and read what the client
+//!   still sends until it closes its side, so the kernel never answers unread
+//!   bytes with a reset that could destroy a response the client has not read.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HeaderValue};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::drain;
+use crate::settings::ConnectionTimeouts;
+
+/// How long a closing connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a connection needs from the server that accepted it.
+#[derive(Clone)]
+pub(crate) struct ConnectionContext {
+    pub drain: drain::Watch,
+    pub timeouts: watch::Receiver<ConnectionTimeouts>,
+    /// Cancelled when the drain deadline passes: stop at once.
+    pub cut: CancellationToken,
+    /// Connections that have not yet started their lingering close; what the
+    /// deadline would cut.
+    pub open: Arc<AtomicUsize>,
+}
+
+/// Why an idle connection is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    HeaderTimeout,
+    IdleTimeout,
+    DrainGrace,
+}
+
+/// What the connection is doing, as far as closing it is concerned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Activity {
+    /// Requests whose response body has not been fully written.
+    pub in_flight: usize,
+    /// Since when no request has been in flight.
+    pub idle_since: Instant,
+    /// When the first bytes of the next request arrived, if they have.
+    pub head_started: Option<Instant>,
+}
+
+impl Activity {
+    /// When, and why, to close this connection if nothing else happens first.
+    /// `None` while a request is in flight: finishing it is the handler's business.
+    pub(crate) fn close_at(
+        &self,
+        timeouts: &ConnectionTimeouts,
+        drain_started: Option<Instant>,
+    ) -> Option<(Instant, CloseReason)> {
+        if self.in_flight > 0 {
+            return None;
+        }
+        if let Some(started) = self.head_started {
+            return Some((started + timeouts.header_read, CloseReason::HeaderTimeout));
+        }
+        let idle_end = (self.idle_since + timeouts.idle, CloseReason::IdleTimeout);
+        match drain_started {
+            None => Some(idle_end),
+            Some(drain) => {
+                // The grace counts from when the connection became idle or the
+                // drain began, whichever is later: a client that just got a
+                // keep-alive response may reuse the connection.
+                let grace_end = (
+                    self.idle_since.max(drain) + timeouts.idle_grace,
+                    CloseReason::DrainGrace,
+                );
+                Some(if grace_end.0 < idle_end.0 {
+                    grace_end
+                } else {
+                    idle_end
+                })
+            }
+        }
+    }
+}
+
+/// Activity shared by the IO wrapper, the service wrapper and the response
+/// bodies of one connection, all of which run inside its task.
+struct Shared {
+    activity: Mutex<Activity>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Activity> {
+        // The lock guards plain data and no code panics while holding it.
+        self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        {
+            let mut activity = self.lock();
+            activity.in_flight += 1;
+            activity.head_started = None;
+        }
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    fn bytes_arrived(&self) {
+        let mut activity = self.lock();
+        if activity.in_flight == 0 && activity.head_started.is_none() {
+            activity.head_started = Some(Instant::now());
+            drop(activity);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Held by a response body until hyper has written (or dropped) it.
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        {
+            let mut activity = self.0.lock();
+            activity.in_flight -= 1;
+            if activity.in_flight == 0 {
+                activity.idle_since = Instant::now();
+            }
+        }
+        self.0.changed.notify_one();
+    }
+}
+
+/// Decrements the open-connection count when the connection stops counting as
+/// one the deadline would cut.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Event {
+    Done(hyper::Result<()>),
+    Cut,
+    DrainStarted(Instant),
+    Changed,
+    Close(CloseReason),
+}
+
+/// Serves one accepted connection until it is closed.
+pub(crate) async fn serve<I, S, B>(io: I, service: S, ctx: ConnectionContext)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    ctx.open.fetch_add(1, Ordering::Relaxed);
+    let open = Open(ctx.open.clone());
+    let shared = Arc::new(Shared {
+        activity: Mutex::new(Activity {
+            in_flight: 0,
+            idle_since: Instant::now(),
+            head_started: None,
+        }),
+        changed: Notify::new(),
+    });
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        shared: shared.clone(),
+    });
+    let service = Tracking {
+        inner: service,
+        shared: shared.clone(),
+        drain: ctx.drain.clone(),
+    };
+    let mut conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Our own header and idle timeouts replace hyper's, which would also
+        // bound the keep-alive idle time by the header timeout.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .serve_connection(io, service);
+
+    let mut drain_started = ctx.drain.started_at();
+    let mut close_requested = false;
+    let result = loop {
+        let close_at = if close_requested {
+            None
+        } else {
+            shared
+                .lock()
+                .close_at(&ctx.timeouts.borrow(), drain_started)
+        };
+        let event = tokio::select! {
+            result = poll_fn(|cx| conn.poll_without_shutdown(cx)) => Event::Done(result),
+            () = ctx.cut.cancelled() => Event::Cut,
+            started = ctx.drain.draining(), if drain_started.is_none() => Event::DrainStarted(started),
+            () = shared.changed.notified() => Event::Changed,
+            () = sleep_until(close_at), if close_at.is_some() => {
+                Event::Close(close_at.map_or(CloseReason::IdleTimeout, |(_, reason)| reason))
+            }
+        };
+        match event {
+            Event::Done(result) => break result,
+            Event::Cut => return,
+            Event::DrainStarted(at) => drain_started = Some(at),
+            Event::Changed => {}
+            Event::Close(reason) => {
+                tracing::debug!(?reason, "closing connection");
+                close_requested = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    if let Err(err) = result {
+        // Clients that vanish or send garbage are routine; hyper has already
+        // answered what deserved an answer (400, 431).
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+    let io = conn.into_parts().io.into_inner().inner;
+    drop(open);
+    linger(io, &ctx.cut).await;
+}
+
+/// Closes our side and waits (briefly) for the client to close its own.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, cut: &CancellationToken) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let drain_reads = async {
+        let mut scratch = [0u8; 4096];
+        while let Ok(n) = io.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, drain_reads) => {}
+        () = cut.cancelled() => {}
+    }
+}
+
+async fn sleep_until(at: Option<(Instant, CloseReason)>) {
+    match at {
+        Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The IO object, noting when bytes of a new request arrive.
+struct Tracked<I> {
+    inner: I,
+    shared: Arc<Shared>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.shared.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The app's service, counting requests in flight and adding
+/// `Connection: close` to responses produced while draining.
+struct Tracking<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    drain: drain::Watch,
+}
+
+// Sound because `inner` is only ever used through `&self`; nothing pins it.
+// hyper needs the service `Unpin` to give the IO back without shutting it down.
+impl<S> Unpin for Tracking<S> {}
+
+type TrackedFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, E>> + Send>>;
+
+impl<S, B> Service<Request<Incoming>> for Tracking<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<B, S::Error>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = self.shared.request_started();
+        let drain = self.drain.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let (mut parts, body) = response.await?.into_parts();
+            if drain.is_draining() {
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(Response::from_parts(
+                parts,
+                TrackedBody {
+                    inner: body,
+                    _in_flight: in_flight,
+                },
+            ))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until
+    /// hyper is done with it.
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _in_flight: InFlight,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: ConnectionTimeouts = ConnectionTimeouts {
+        header_read: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        idle_grace: Duration::from_secs(1),
+    };
+
+    fn activity(in_flight: usize, idle_since: Instant, head: Option<Instant>) -> Activity {
+        Activity {
+            in_flight,
+            idle_since,
+            head_started: head,
+        }
+    }
+
+    #[test]
+    fn nothing_closes_a_connection_with_a_request_in_flight() {
+        let now = Instant::now();
+        assert_eq!(activity(1, now, None).close_at(&T, None), None);
+        assert_eq!(activity(2, now, None).close_at(&T, Some(now)), None);
+    }
+
+    #[test]
+    fn idle_connections_close_after_the_idle_timeout() {
+        let now = Instant::now();
+        assert_eq!(
+            activity(0, now, None).close_at(&T, None),
+            Some((now + T.idle, CloseReason::IdleTimeout))
+        );
+    }
+
+    #[test]
+    fn a_started_head_must_finish_within_the_header_timeout() {
+        let now = Instant::now();
+        let head = now + Duration::from_secs(5);
+        assert_eq!(
+            activity(0, now, Some(head)).close_at(&T, None),
+            Some((head + T.header_read, CloseReason::HeaderTimeout))
+        );
+        // Draining does not cut a request that is arriving.
+        assert_eq!(
+            activity(0, now, Some(head)).close_at(&T, Some(now)),
+            Some((head + T.header_read, CloseReason::HeaderTimeout))
+        );
+    }
+
+    #[test]
+    fn the_drain_grace_counts_from_the_later_of_idle_and_drain_start() {
+        let idle = Instant::now();
+        let drain = idle + Duration::from_secs(30);
+        assert_eq!(
+            activity(0, idle, None).close_at(&T, Some(drain)),
+            Some((drain + T.idle_grace, CloseReason::DrainGrace))
+        );
+        let became_idle = drain + Duration::from_secs(3);
+        assert_eq!(
+            activity(0, became_idle, None).close_at(&T, Some(drain)),
+            Some((became_idle + T.idle_grace, CloseReason::DrainGrace))
+        );
+    }
+
+    #[test]
+    fn the_idle_timeout_still_wins_if_it_is_sooner_than_the_grace() {
+        let idle = Instant::now();
+        let drain = idle + T.idle - Duration::from_millis(100);
+        assert_eq!(
+            activity(0, idle, None).close_at(&T, Some(drain)),
+            Some((idle + T.idle, CloseReason::IdleTimeout))
+        );
+    }
+}

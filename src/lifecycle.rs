@@ -1,0 +1,251 @@
+//! The life of a service process, from listeners to exit code: serve, tell
+//! systemd `READY=1`, apply reloads, drain on the first SIGTERM/SIGINT, exit
+//! at once on the second.
+//!
+//! Where each notification is sent: `READY=1` in [`run`] once every listener
+//! has an accept loop; `RELOADING=1` and the following `READY=1` in
+//! [`Lifecycle::reload`]; `STOPPING=1` and the drain's `STATUS=` and
+//! `EXTEND_TIMEOUT_USEC=` in [`Lifecycle::drain`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use tokio::sync::watch;
+
+use crate::connection::BoxError;
+use crate::drain;
+use crate::error_chain;
+use crate::listeners::Listener;
+use crate::logging::LogHandle;
+use crate::notify::{Notifier, NotifyState};
+use crate::server::{DrainReport, Server};
+use crate::settings::{ServeArgs, Settings};
+use crate::signals::{Intent, Intents};
+
+/// Margin given to systemd beyond our own drain deadline, for the exit itself.
+const EXIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// Exit status after a drain whose deadline cut connections.
+pub const EXIT_DRAIN_CUT: u8 = 3;
+/// Exit status after a second drain signal ended the drain early.
+pub const EXIT_FORCED: u8 = 4;
+
+/// What a service gets from the kit when it is created.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    pub drain: drain::Watch,
+    /// The settings in force; a reload sends new ones.
+    pub settings: watch::Receiver<Settings>,
+}
+
+/// Everything gathered before the runtime started.
+pub struct Startup {
+    pub args: ServeArgs,
+    pub settings: Settings,
+    pub listeners: Vec<Listener>,
+    pub notifier: Notifier,
+    pub watchdog: Option<Duration>,
+    pub log: Option<LogHandle>,
+    pub intents: Intents,
+}
+
+/// How the process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every connection finished before the deadline.
+    Clean(DrainReport),
+    /// The deadline cut connections.
+    Cut(DrainReport),
+    /// A second drain signal: we exited without waiting.
+    Forced { connections: usize },
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Outcome::Clean(_) => ExitCode::SUCCESS,
+            Outcome::Cut(_) => ExitCode::from(EXIT_DRAIN_CUT),
+            Outcome::Forced { .. } => ExitCode::from(EXIT_FORCED),
+        }
+    }
+}
+
+/// Serves `startup.listeners` with the service `make_service` builds, until a
+/// drain signal, and drains.
+pub async fn run<S, B>(
+    startup: Startup,
+    make_service: impl FnOnce(ServiceContext) -> S,
+) -> std::io::Result<Outcome>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Startup {
+        args,
+        settings,
+        listeners,
+        notifier,
+        watchdog,
+        log,
+        mut intents,
+    } = startup;
+    let notifier = Arc::new(notifier);
+    let (settings_tx, settings_rx) = watch::channel(settings.clone());
+    let (timeouts_tx, timeouts_rx) = watch::channel(settings.timeouts);
+    let (trigger, drain) = drain::channel();
+    let service = make_service(ServiceContext {
+        drain,
+        settings: settings_rx,
+    });
+    let server = Server::start(listeners, service, trigger, timeouts_rx)?;
+    let status = format!("serving http on {}", server.listening().join(", "));
+    tracing::info!(
+        instance = %settings.instance,
+        pid = std::process::id(),
+        listeners = %server.listening().join(", "),
+        "ready"
+    );
+    notifier.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    if let Some(interval) = watchdog {
+        spawn_watchdog(notifier.clone(), interval);
+    }
+    let lifecycle = Lifecycle {
+        args,
+        config: settings.config.clone(),
+        notifier,
+        log,
+        settings_tx,
+        timeouts_tx,
+        status,
+    };
+    let signal = loop {
+        match intents.recv().await {
+            Some(Intent::Reload) => lifecycle.reload(),
+            Some(Intent::Drain(signal)) => break signal,
+            None => break "end of signal stream",
+        }
+    };
+    Ok(lifecycle.drain(server, signal, &mut intents).await)
+}
+
+struct Lifecycle {
+    args: ServeArgs,
+    config: Option<PathBuf>,
+    notifier: Arc<Notifier>,
+    log: Option<LogHandle>,
+    settings_tx: watch::Sender<Settings>,
+    timeouts_tx: watch::Sender<crate::settings::ConnectionTimeouts>,
+    status: String,
+}
+
+impl Lifecycle {
+    fn reload(&self) {
+        self.notifier.notify(&[
+            NotifyState::Reloading,
+            NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
+        ]);
+        let current = self.settings_tx.borrow().clone();
+        match current.reload(&self.args) {
+            Ok((next, restart_only)) => {
+                if let Some(Err(err)) = self.log.as_ref().map(|log| log.set_filter(&next.log_level))
+                {
+                    tracing::error!(error = %err, "log filter not changed");
+                }
+                for name in restart_only {
+                    tracing::warn!(
+                        setting = name,
+                        "changed in the settings file; only a restart applies it"
+                    );
+                }
+                self.timeouts_tx.send_replace(next.timeouts);
+                self.settings_tx.send_replace(next);
+                tracing::info!(config = ?self.config, "settings reloaded");
+            }
+            Err(err) => {
+                tracing::error!(error = %error_chain(&err), "settings not reloaded; keeping the old ones");
+            }
+        }
+        self.notifier
+            .notify(&[NotifyState::Ready, NotifyState::Status(&self.status)]);
+    }
+
+    async fn drain(self, server: Server, signal: &str, intents: &mut Intents) -> Outcome {
+        let deadline = self.settings_tx.borrow().drain_deadline;
+        let connections = server.connections();
+        tracing::info!(signal, connections, deadline = ?deadline, "drain started");
+        self.notifier.notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status(&format!("draining {connections} connections")),
+        ]);
+        let notifier = &self.notifier;
+        let drained = server.drain(deadline, |progress| {
+            let left = (progress.remaining + EXIT_MARGIN).as_micros();
+            notifier.notify(&[
+                NotifyState::Status(&format!(
+                    "draining: {} connections left, {}s to the deadline",
+                    progress.connections,
+                    progress.remaining.as_secs()
+                )),
+                // Only ever up to our own deadline: systemd still kills us
+                // if we hang past it.
+                NotifyState::ExtendTimeoutUsec(u32::try_from(left).unwrap_or(u32::MAX)),
+            ]);
+        });
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                report = &mut drained => return finish(report),
+                intent = intents.recv() => match intent {
+                    Some(Intent::Drain(signal)) => {
+                        tracing::warn!(signal, "second drain signal: exiting without waiting");
+                        return Outcome::Forced { connections };
+                    }
+                    Some(Intent::Reload) => tracing::info!("reload ignored while draining"),
+                    None => {}
+                },
+            }
+        }
+    }
+}
+
+fn finish(report: DrainReport) -> Outcome {
+    let elapsed_ms = report.elapsed.as_millis() as u64;
+    if report.is_clean() {
+        tracing::info!(
+            connections = report.connections_at_start,
+            elapsed_ms,
+            "drain finished"
+        );
+        Outcome::Clean(report)
+    } else {
+        tracing::error!(
+            connections = report.connections_at_start,
+            cut = report.cut,
+            elapsed_ms,
+            "drain deadline passed: cut {} connections",
+            report.cut
+        );
+        Outcome::Cut(report)
+    }
+}
+
+/// Sends `WATCHDOG=1` at half the interval systemd asked for, from the
+/// runtime itself, so a wedged runtime stops the pings.
+fn spawn_watchdog(notifier: Arc<Notifier>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval / 2);
+        loop {
+            ticks.tick().await;
+            notifier.notify(&[NotifyState::Watchdog]);
+        }
+    });
+}

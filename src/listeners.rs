@@ -1,0 +1,298 @@
+//! Where listening sockets come from: the fds systemd passes, or an address we
+//! bind ourselves when started outside socket activation.
+//!
+//! Every passed fd is checked before use (open, a socket, a stream socket,
+//! listening, a family we serve), marked close-on-exec by listenfd, and set
+//! non-blocking here, because listenfd leaves that to us and tokio needs it.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+
+use listenfd::ListenFd;
+
+use crate::activation::{self, ActivationEnv, ActivationError, PassedFd};
+
+/// A listening socket, not yet registered with a tokio runtime.
+#[derive(Debug)]
+pub enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(UnixListener),
+}
+
+/// A listening socket and where it came from.
+#[derive(Debug)]
+pub struct Listener {
+    pub socket: StdListener,
+    /// The fd systemd passed, with its name; `None` when we bound it ourselves.
+    pub passed: Option<PassedFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error(transparent)]
+    Environment(#[from] ActivationError),
+    #[error("{fd} is not open")]
+    NotOpen { fd: String },
+    #[error("{fd} is not a socket (it is {kind})")]
+    NotSocket { fd: String, kind: &'static str },
+    #[error("{fd} is not a stream socket (it is a {kind} socket)")]
+    NotStream { fd: String, kind: &'static str },
+    #[error("{fd} is a stream socket that is not listening; pass it without Accept=yes")]
+    NotListening { fd: String },
+    #[error("{fd} is a socket of address family {family}, not TCP or Unix")]
+    Family { fd: String, family: i32 },
+    #[error("cannot use {fd}")]
+    Take {
+        fd: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.socket {
+            StdListener::Tcp(l) => match l.local_addr() {
+                Ok(addr) => write!(f, "{addr}"),
+                Err(_) => write!(f, "tcp fd {}", l.as_raw_fd()),
+            },
+            StdListener::Unix(l) => match l.local_addr().ok().and_then(|a| {
+                a.as_pathname()
+                    .map(|p| p.display().to_string())
+                    .or_else(|| {
+                        use std::os::linux::net::SocketAddrExt;
+                        a.as_abstract_name()
+                            .map(|n| format!("@{}", String::from_utf8_lossy(n)))
+                    })
+            }) {
+                Some(path) => write!(f, "unix:{path}"),
+                None => write!(f, "unix fd {}", l.as_raw_fd()),
+            },
+        }
+    }
+}
+
+/// The listeners for this process: those systemd passed, or `default_addr` bound here.
+///
+/// Returns also the passed fds that are not the app's (already closed).
+///
+/// # Safety
+/// Reads and removes the activation variables (`LISTEN_PID`, `LISTEN_FDS`,
+/// `LISTEN_FDNAMES`) so child processes do not inherit them: call it before any
+/// other thread exists, in particular before the tokio runtime starts.
+pub unsafe fn take_from_env(
+    default_addr: SocketAddr,
+) -> Result<(Vec<Listener>, Vec<PassedFd>), ListenerError> {
+    let env = ActivationEnv::from_process_env();
+    let parsed = env.parse(std::process::id());
+    // listenfd reads the same variables; it honours LISTEN_FDS_FIRST_FD, which
+    // systemd never sets, so drop it to keep listenfd's indexes equal to ours.
+    // SAFETY: the caller guarantees no other thread is running.
+    unsafe { std::env::remove_var("LISTEN_FDS_FIRST_FD") };
+    let mut listenfd = ListenFd::from_env();
+    unsafe {
+        for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            std::env::remove_var(name);
+        }
+    }
+    let Some(fds) = parsed? else {
+        return Ok((vec![bind(default_addr)?], Vec::new()));
+    };
+    let assignment = activation::assign(fds)?;
+    for unused in &assignment.unused {
+        if let Ok(Some(fd)) = listenfd.take_raw_fd(index(unused)) {
+            // SAFETY: systemd gave this fd to us and nothing else holds it.
+            unsafe { libc::close(fd) };
+        }
+    }
+    let listeners = assignment
+        .app
+        .into_iter()
+        .map(|passed| take(&mut listenfd, passed))
+        .collect::<Result<_, _>>()?;
+    Ok((listeners, assignment.unused))
+}
+
+/// Binds `addr` ourselves, for starts outside socket activation.
+pub fn bind(addr: SocketAddr) -> Result<Listener, ListenerError> {
+    let socket = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| ListenerError::Bind { addr, source })?;
+    Ok(Listener {
+        socket: StdListener::Tcp(socket),
+        passed: None,
+    })
+}
+
+fn index(passed: &PassedFd) -> usize {
+    (passed.fd - activation::FIRST_FD) as usize
+}
+
+fn take(listenfd: &mut ListenFd, passed: PassedFd) -> Result<Listener, ListenerError> {
+    let family = inspect(passed.fd).map_err(|problem| problem.into_error(&passed))?;
+    let idx = index(&passed);
+    let taken = match family {
+        libc::AF_INET | libc::AF_INET6 => listenfd
+            .take_tcp_listener(idx)
+            .and_then(|l| l.ok_or_else(already_taken))
+            .and_then(|l| l.set_nonblocking(true).map(|()| StdListener::Tcp(l))),
+        _ => listenfd
+            .take_unix_listener(idx)
+            .and_then(|l| l.ok_or_else(already_taken))
+            .and_then(|l| l.set_nonblocking(true).map(|()| StdListener::Unix(l))),
+    };
+    let socket = taken.map_err(|source| ListenerError::Take {
+        fd: passed.describe(),
+        source,
+    })?;
+    Ok(Listener {
+        socket,
+        passed: Some(passed),
+    })
+}
+
+fn already_taken() -> io::Error {
+    io::Error::other("the fd was already taken")
+}
+
+/// Why an fd cannot serve, before it is given a name for the error message.
+#[derive(Debug, PartialEq, Eq)]
+enum FdProblem {
+    NotOpen,
+    NotSocket(&'static str),
+    NotStream(&'static str),
+    NotListening,
+    Family(i32),
+}
+
+impl FdProblem {
+    fn into_error(self, passed: &PassedFd) -> ListenerError {
+        let fd = passed.describe();
+        match self {
+            FdProblem::NotOpen => ListenerError::NotOpen { fd },
+            FdProblem::NotSocket(kind) => ListenerError::NotSocket { fd, kind },
+            FdProblem::NotStream(kind) => ListenerError::NotStream { fd, kind },
+            FdProblem::NotListening => ListenerError::NotListening { fd },
+            FdProblem::Family(family) => ListenerError::Family { fd, family },
+        }
+    }
+}
+
+/// Checks that `fd` is an open, listening stream socket of a family we serve,
+/// and returns that family.
+fn inspect(fd: RawFd) -> Result<i32, FdProblem> {
+    // SAFETY: fstat and getsockopt only write into the buffers we pass; an fd
+    // that is not open makes them fail with EBADF, which we report.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut stat) != 0 {
+            return Err(FdProblem::NotOpen);
+        }
+        match stat.st_mode & libc::S_IFMT {
+            libc::S_IFSOCK => {}
+            libc::S_IFREG => return Err(FdProblem::NotSocket("a regular file")),
+            libc::S_IFDIR => return Err(FdProblem::NotSocket("a directory")),
+            libc::S_IFCHR => return Err(FdProblem::NotSocket("a character device")),
+            libc::S_IFIFO => return Err(FdProblem::NotSocket("a pipe")),
+            _ => return Err(FdProblem::NotSocket("not a socket")),
+        }
+        let kind = sockopt(fd, libc::SO_TYPE).ok_or(FdProblem::NotOpen)?;
+        if kind != libc::SOCK_STREAM {
+            return Err(FdProblem::NotStream(match kind {
+                libc::SOCK_DGRAM => "datagram",
+                libc::SOCK_SEQPACKET => "seqpacket",
+                libc::SOCK_RAW => "raw",
+                _ => "non-stream",
+            }));
+        }
+        if sockopt(fd, libc::SO_ACCEPTCONN) != Some(1) {
+            return Err(FdProblem::NotListening);
+        }
+        match sockopt(fd, libc::SO_DOMAIN) {
+            Some(family @ (libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX)) => Ok(family),
+            Some(family) => Err(FdProblem::Family(family)),
+            None => Err(FdProblem::NotOpen),
+        }
+    }
+}
+
+/// An integer `SOL_SOCKET` option, or `None` when it cannot be read.
+unsafe fn sockopt(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::io::AsRawFd;
+
+    #[test]
+    fn a_listening_tcp_socket_passes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(inspect(l.as_raw_fd()), Ok(libc::AF_INET));
+    }
+
+    #[test]
+    fn a_listening_unix_socket_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join("s")).unwrap();
+        assert_eq!(inspect(l.as_raw_fd()), Ok(libc::AF_UNIX));
+    }
+
+    #[test]
+    fn wrong_fds_are_named_problems() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            inspect(udp.as_raw_fd()),
+            Err(FdProblem::NotStream("datagram"))
+        );
+        let unbound = socket2_stream();
+        assert_eq!(inspect(unbound.as_raw_fd()), Err(FdProblem::NotListening));
+        let file = tempfile::tempfile().unwrap();
+        assert_eq!(
+            inspect(file.as_raw_fd()),
+            Err(FdProblem::NotSocket("a regular file"))
+        );
+        assert_eq!(inspect(9999), Err(FdProblem::NotOpen));
+    }
+
+    #[test]
+    fn errors_name_the_fd_and_its_name() {
+        let passed = PassedFd {
+            fd: 3,
+            name: Some("http".into()),
+        };
+        let err = FdProblem::NotStream("datagram").into_error(&passed);
+        assert_eq!(
+            err.to_string(),
+            "fd 3 (LISTEN_FDNAMES \"http\") is not a stream socket (it is a datagram socket)"
+        );
+    }
+
+    /// A connected (not listening) stream socket.
+    fn socket2_stream() -> std::net::TcpStream {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap()
+    }
+}

@@ -1,0 +1,216 @@
+//! The reference app's routes: what `app` serves, and an example of a service
+//! built on the kit (it uses the drain watch for `/readyz` and `/events`).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `/` | a short greeting |
+//! | `/healthz` | 200 while the process is alive |
+//! | `/readyz` | 200 while serving, 503 once draining |
+//! | `/version` | JSON: crate version, instance name, pid |
+//! | `/slow?ms=N` | answers after N ms, capped at `slow_max` |
+//! | `/events` | server-sent events, one a second, ending when the drain starts |
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+
+use crate::lifecycle::ServiceContext;
+
+pub type AppBody = UnsyncBoxBody<Bytes, Infallible>;
+
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    instance: String,
+    pid: u32,
+    ctx: ServiceContext,
+}
+
+impl App {
+    pub fn new(ctx: ServiceContext) -> Self {
+        let instance = ctx.settings.borrow().instance.clone();
+        Self {
+            inner: Arc::new(Inner {
+                instance,
+                pid: std::process::id(),
+                ctx,
+            }),
+        }
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Response<AppBody> {
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let inner = &self.inner;
+        match request.uri().path() {
+            "/" => text(
+                StatusCode::OK,
+                &format!("hello from instance {}\n", inner.instance),
+            ),
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if inner.ctx.drain.is_draining() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+            "/readyz" => text(StatusCode::OK, "ready\n"),
+            "/version" => {
+                let body = serde_json::json!({
+                    "name": env!("CARGO_PKG_NAME"),
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "instance": inner.instance,
+                    "pid": inner.pid,
+                });
+                let mut response = text(StatusCode::OK, &format!("{body}\n"));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            }
+            "/slow" => self.slow(request.uri().query()).await,
+            "/events" => self.events(),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn slow(&self, query: Option<&str>) -> Response<AppBody> {
+        let max = self.inner.ctx.settings.borrow().slow_max;
+        let asked = match parse_ms(query) {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(reason) => return text(StatusCode::BAD_REQUEST, &format!("{reason}\n")),
+        };
+        let delay = asked.min(max);
+        tokio::time::sleep(delay).await;
+        let capped = if asked > max { " (capped)" } else { "" };
+        text(
+            StatusCode::OK,
+            &format!("slept {} ms{capped}\n", delay.as_millis()),
+        )
+    }
+
+    fn events(&self) -> Response<AppBody> {
+        let drain = self.inner.ctx.drain.clone();
+        let body = Events {
+            ticks: tokio::time::interval(Duration::from_secs(1)),
+            drained: Box::pin(async move {
+                drain.draining().await;
+            }),
+            sent: 0,
+            app: self.inner.clone(),
+            ended: false,
+        };
+        let mut response = Response::new(body.boxed_unsync());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
+}
+
+impl Service<Request<Incoming>> for App {
+    type Response = Response<AppBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let app = self.clone();
+        Box::pin(async move { Ok(app.route(request).await) })
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<AppBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The `ms` parameter of `/slow`.
+fn parse_ms(query: Option<&str>) -> Result<u64, &'static str> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .ok_or("missing ms: ask for /slow?ms=N")?;
+    value
+        .parse()
+        .map_err(|_| "ms must be a whole number of milliseconds")
+}
+
+/// The `/events` stream: one event a second until the drain starts, then a
+/// last comment and the end of the body, so a stream never holds a drain open.
+struct Events {
+    ticks: tokio::time::Interval,
+    drained: Pin<Box<dyn Future<Output = ()> + Send>>,
+    sent: u64,
+    app: Arc<Inner>,
+    ended: bool,
+}
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.drained.as_mut().poll(cx).is_ready() {
+            self.ended = true;
+            // A comment line: EventSource clients ignore it and reconnect
+            // when the stream ends, reaching a sibling instance.
+            let bye = Bytes::from_static(b": draining, reconnect\n\n");
+            return Poll::Ready(Some(Ok(Frame::data(bye))));
+        }
+        match self.ticks.poll_tick(cx) {
+            Poll::Ready(_) => {
+                self.sent += 1;
+                let event = format!(
+                    "id: {}\ndata: {{\"instance\":{},\"pid\":{}}}\n\n",
+                    self.sent,
+                    serde_json::Value::from(self.app.instance.as_str()),
+                    self.app.pid
+                );
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_takes_its_delay_from_the_query() {
+        assert_eq!(parse_ms(Some("ms=250")), Ok(250));
+        assert_eq!(parse_ms(Some("x=1&ms=7")), Ok(7));
+        assert!(parse_ms(None).is_err());
+        assert!(parse_ms(Some("ms=-1")).is_err());
+        assert!(parse_ms(Some("ms=soon")).is_err());
+    }
+}

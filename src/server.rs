@@ -1,0 +1,265 @@
+//! Serving: one accept loop per listener, one task per connection, and the
+//! drain that ends them.
+//!
+//! The drain follows hyper-util's and axum's order: stop accepting and drop the
+//! listeners, tell every connection, wait with a deadline. Under systemd the
+//! socket itself stays open (systemd holds it), so connections that arrive
+//! meanwhile wait in its queue for a sibling or successor instead of being
+//! refused.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{self, BoxError, ConnectionContext};
+use crate::drain;
+use crate::listeners::{Listener, StdListener};
+use crate::settings::ConnectionTimeouts;
+
+/// How often drain progress is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Pause after an accept error such as EMFILE, so a full fd table is not a busy loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// A running server. Dropping it without [`Server::drain`] leaves connections
+/// running until the runtime ends.
+pub struct Server {
+    trigger: drain::Trigger,
+    accept_loops: Vec<JoinHandle<()>>,
+    connections: TaskTracker,
+    cut: CancellationToken,
+    open: Arc<AtomicUsize>,
+    listening: Vec<String>,
+}
+
+/// Progress of a drain, reported about once a second.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainProgress {
+    /// Connections not yet closed.
+    pub connections: usize,
+    /// Time left before the deadline cuts them.
+    pub remaining: Duration,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections open when the drain started.
+    pub connections_at_start: usize,
+    /// Connections the deadline cut; zero after a clean drain.
+    pub cut: usize,
+    pub elapsed: Duration,
+}
+
+impl DrainReport {
+    pub fn is_clean(&self) -> bool {
+        self.cut == 0
+    }
+}
+
+/// A listener registered with the runtime.
+trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<Self::Io> {
+        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
+        // Responses are written whole; Nagle would only delay their last segment.
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Io> {
+        Ok(tokio::net::UnixListener::accept(self).await?.0)
+    }
+}
+
+impl Server {
+    /// Starts accepting on every listener. Must run inside a tokio runtime.
+    ///
+    /// `trigger` is the drain trigger whose watches the service may hold (to
+    /// answer `/readyz` or end streams); the server pulls it in [`Server::drain`].
+    pub fn start<S, B>(
+        listeners: Vec<Listener>,
+        service: S,
+        trigger: drain::Trigger,
+        timeouts: watch::Receiver<ConnectionTimeouts>,
+    ) -> io::Result<Server>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let connections = TaskTracker::new();
+        let ctx = ConnectionContext {
+            drain: trigger.watch(),
+            timeouts,
+            cut: CancellationToken::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        let listening = listeners.iter().map(ToString::to_string).collect();
+        let mut accept_loops = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            let handle = match listener.socket {
+                StdListener::Tcp(l) => tokio::spawn(accept_loop(
+                    tokio::net::TcpListener::from_std(l)?,
+                    service.clone(),
+                    ctx.clone(),
+                    connections.clone(),
+                )),
+                StdListener::Unix(l) => tokio::spawn(accept_loop(
+                    tokio::net::UnixListener::from_std(l)?,
+                    service.clone(),
+                    ctx.clone(),
+                    connections.clone(),
+                )),
+            };
+            accept_loops.push(handle);
+        }
+        Ok(Server {
+            trigger,
+            accept_loops,
+            connections,
+            cut: ctx.cut,
+            open: ctx.open,
+            listening,
+        })
+    }
+
+    /// What the server listens on, for logs and `STATUS=`.
+    pub fn listening(&self) -> &[String] {
+        &self.listening
+    }
+
+    /// Connections currently open (not yet closing).
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, lets every connection finish, and cuts those still
+    /// open after `deadline`. `progress` is called about once a second.
+    pub async fn drain(
+        self,
+        deadline: Duration,
+        mut progress: impl FnMut(DrainProgress),
+    ) -> DrainReport {
+        let started = self.trigger.start();
+        for accept_loop in self.accept_loops {
+            // The loops end at the drain signal, dropping their listeners.
+            let _ = accept_loop.await;
+        }
+        self.connections.close();
+        let connections_at_start = self.open.load(Ordering::Relaxed);
+        let deadline_at = started + deadline;
+        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        let finished = self.connections.wait();
+        tokio::pin!(finished);
+        let cut = loop {
+            tokio::select! {
+                () = &mut finished => break 0,
+                () = tokio::time::sleep_until(deadline_at.into()) => {
+                    let cut = self.open.load(Ordering::Relaxed);
+                    self.cut.cancel();
+                    finished.await;
+                    break cut;
+                }
+                _ = ticks.tick() => progress(DrainProgress {
+                    connections: self.open.load(Ordering::Relaxed),
+                    remaining: deadline_at.saturating_duration_since(Instant::now()),
+                }),
+            }
+        };
+        DrainReport {
+            connections_at_start,
+            cut,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains with `deadline`.
+///
+/// The shutdown trigger is a future so tests (and embedders) can end the
+/// server without sending the process a signal.
+pub async fn serve<S, B>(
+    listeners: Vec<Listener>,
+    service: S,
+    trigger: drain::Trigger,
+    timeouts: watch::Receiver<ConnectionTimeouts>,
+    deadline: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<DrainReport>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let server = Server::start(listeners, service, trigger, timeouts)?;
+    shutdown.await;
+    Ok(server.drain(deadline, |_| {}).await)
+}
+
+async fn accept_loop<L, S, B>(
+    listener: L,
+    service: S,
+    ctx: ConnectionContext,
+    connections: TaskTracker,
+) where
+    L: Accept,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let drain = ctx.drain.clone();
+    loop {
+        let accepted = tokio::select! {
+            // Checked first: once draining, we take nothing more from the queue.
+            biased;
+            _ = drain.draining() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(io) => {
+                connections.spawn(connection::serve(io, service.clone(), ctx.clone()));
+            }
+            Err(err) if is_transient(&err) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Errors about one connection that died in the queue, not about the listener.
+fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
