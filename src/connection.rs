@@ -170,7 +170,7 @@ impl Drop for Open {
 }
 
 enum Event {
-    Done(hyper::Result<()>),
+    Done(hyper::Result<Farewell>),
     Cut,
     DrainStarted(Instant),
     Changed,
@@ -225,7 +225,9 @@ where
                 .close_at(&ctx.timeouts.borrow(), drain_started)
         };
         let event = tokio::select! {
-            result = poll_fn(|cx| conn.poll_without_shutdown(cx)) => Event::Done(result),
+            result = poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                Event::Done(result.map(|()| Farewell::None))
+            }
             () = ctx.cut.cancelled() => Event::Cut,
             started = ctx.drain.draining(), if drain_started.is_none() => Event::DrainStarted(started),
             () = shared.changed.notified() => Event::Changed,
@@ -238,6 +240,13 @@ where
             Event::Cut => return,
             Event::DrainStarted(at) => drain_started = Some(at),
             Event::Changed => {}
+            Event::Close(CloseReason::HeaderTimeout) => {
+                // hyper keeps waiting for the rest of a head that started on a
+                // fresh connection even after graceful_shutdown; no response
+                // is owed, so take the connection back and answer 408 ourselves.
+                tracing::debug!("request head not finished in time");
+                break Ok(Farewell::RequestTimeout);
+            }
             Event::Close(reason) => {
                 tracing::debug!(?reason, "closing connection");
                 close_requested = true;
@@ -245,18 +254,40 @@ where
             }
         }
     };
-    if let Err(err) = result {
+    let farewell = result.unwrap_or_else(|err| {
         // Clients that vanish or send garbage are routine; hyper has already
         // answered what deserved an answer (400, 431).
         tracing::debug!(error = %err, "connection ended with an error");
-    }
+        Farewell::None
+    });
     let io = conn.into_parts().io.into_inner().inner;
     drop(open);
-    linger(io, &ctx.cut).await;
+    linger(io, farewell, &ctx.cut).await;
 }
 
+/// What we still write before closing.
+enum Farewell {
+    None,
+    RequestTimeout,
+}
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
 /// Closes our side and waits (briefly) for the client to close its own.
-async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, cut: &CancellationToken) {
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(
+    mut io: I,
+    farewell: Farewell,
+    cut: &CancellationToken,
+) {
+    if let Farewell::RequestTimeout = farewell {
+        // A small write into an idle connection's empty send buffer; bounded
+        // anyway, in case the client stopped reading too.
+        let write = tokio::time::timeout(LINGER, io.write_all(REQUEST_TIMEOUT));
+        if !matches!(write.await, Ok(Ok(()))) {
+            return;
+        }
+    }
     if io.shutdown().await.is_err() {
         return;
     }

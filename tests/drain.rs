@@ -1,0 +1,332 @@
+//! In-process tests of the drain: the reference app served on 127.0.0.1:0,
+//! ended by a test-supplied shutdown instead of a signal.
+
+mod support;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use handover::drain;
+use handover::lifecycle::ServiceContext;
+use handover::listeners::{Listener, StdListener};
+use handover::routes::{App, AppBody};
+use handover::server::{DrainReport, Server};
+use handover::settings::{ConnectionTimeouts, FileSettings, ServeArgs, Settings};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use support::load::{self, Mode};
+use support::raw::{End, RawConn};
+use tokio::sync::{mpsc, oneshot, watch};
+
+const GRACE: Duration = Duration::from_millis(400);
+
+fn timeouts() -> ConnectionTimeouts {
+    ConnectionTimeouts {
+        header_read: Duration::from_millis(800),
+        idle: Duration::from_secs(30),
+        idle_grace: GRACE,
+    }
+}
+
+/// The reference app, reporting each request path as it enters, so a test can
+/// wait for "the server has this request" instead of sleeping.
+#[derive(Clone)]
+struct Observed {
+    app: App,
+    entered: mpsc::UnboundedSender<String>,
+}
+
+impl Service<Request<Incoming>> for Observed {
+    type Response = Response<AppBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let _ = self.entered.send(request.uri().to_string());
+        self.app.call(request)
+    }
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    /// Sees the drain start, as the connections do.
+    drain: drain::Watch,
+    entered: mpsc::UnboundedReceiver<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<DrainReport>,
+}
+
+impl TestServer {
+    /// Serves a clone of `socket`, the way every instance gets a copy of the fd
+    /// systemd holds: dropping ours does not close the socket.
+    fn on(socket: &std::net::TcpListener, deadline: Duration) -> Self {
+        let socket = socket.try_clone().expect("clone the listening socket");
+        socket.set_nonblocking(true).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let listener = Listener {
+            socket: StdListener::Tcp(socket),
+            passed: None,
+        };
+        let settings = Settings::resolve(&ServeArgs::default(), &FileSettings::default()).unwrap();
+        let (_, settings_rx) = watch::channel(settings);
+        let (timeouts_tx, timeouts_rx) = watch::channel(timeouts());
+        let (trigger, drain) = drain::channel();
+        let (entered_tx, entered) = mpsc::unbounded_channel();
+        let app = Observed {
+            app: App::new(ServiceContext {
+                drain: drain.clone(),
+                settings: settings_rx,
+            }),
+            entered: entered_tx,
+        };
+        let server = Server::start(vec![listener], app, trigger, timeouts_rx).unwrap();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            let _keep_timeouts = timeouts_tx;
+            let _ = stop.await;
+            server.drain(deadline, |_| {}).await
+        });
+        TestServer {
+            addr,
+            drain,
+            entered,
+            shutdown: Some(shutdown),
+            done,
+        }
+    }
+
+    fn start(deadline: Duration) -> (Self, std::net::TcpListener) {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (Self::on(&socket, deadline), socket)
+    }
+
+    async fn wait_entered(&mut self, path: &str) {
+        let limit = Duration::from_secs(10);
+        loop {
+            let entered = tokio::time::timeout(limit, self.entered.recv())
+                .await
+                .expect("the request did not reach the server")
+                .expect("the server is gone");
+            if entered == path {
+                return;
+            }
+        }
+    }
+
+    /// Starts the drain and returns once it has begun.
+    async fn begin_drain(&mut self) -> Instant {
+        self.shutdown.take().unwrap().send(()).unwrap();
+        self.drain.draining().await
+    }
+
+    async fn report(self) -> DrainReport {
+        tokio::time::timeout(Duration::from_secs(20), self.done)
+            .await
+            .expect("the drain did not end")
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn an_in_flight_request_completes_after_the_drain_starts() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    conn.send(b"GET /slow?ms=700 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_entered("/slow?ms=700").await;
+    server.begin_drain().await;
+
+    let response = conn.response().await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"slept 700 ms\n");
+    assert!(
+        response.closes(),
+        "a response finished during the drain closes the connection"
+    );
+    assert_eq!(conn.end().await.unwrap(), End::Eof);
+    let report = server.report().await;
+    assert_eq!(report.cut, 0, "{report:?}");
+    assert_eq!(report.connections_at_start, 1);
+}
+
+#[tokio::test]
+async fn a_keep_alive_request_during_the_drain_is_answered_then_closed_cleanly() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    let before = conn.get("/").await.unwrap();
+    assert_eq!(before.status, 200);
+    assert!(!before.closes(), "keep-alive before the drain");
+
+    server.begin_drain().await;
+    let during = conn.get("/readyz").await.unwrap();
+    assert_eq!(during.status, 503, "readyz reports the drain");
+    assert!(
+        during.closes(),
+        "the answer tells the client to go elsewhere"
+    );
+    assert_eq!(
+        conn.end().await.unwrap(),
+        End::Eof,
+        "closed with FIN, not reset"
+    );
+    assert!(server.report().await.is_clean());
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_grace() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, 200);
+
+    let started = server.begin_drain().await;
+    assert_eq!(conn.end().await.unwrap(), End::Eof);
+    let waited = started.elapsed();
+    assert!(
+        waited >= GRACE - Duration::from_millis(20),
+        "closed after {waited:?}, before the {GRACE:?} grace"
+    );
+    let report = server.report().await;
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_the_drain() {
+    let deadline = Duration::from_secs(10);
+    let (mut server, _socket) = TestServer::start(deadline);
+    let mut silent = RawConn::connect(server.addr).await.unwrap();
+    // A request head that never finishes: the header timeout applies.
+    let mut partial = RawConn::connect(server.addr).await.unwrap();
+    partial.send(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+
+    server.begin_drain().await;
+    assert_eq!(silent.end().await.unwrap(), End::Eof);
+    assert_eq!(partial.response().await.unwrap().status, 408);
+    assert_eq!(partial.end().await.unwrap(), End::Eof);
+    // Like real clients, close on EOF; the server's lingering close waits for it.
+    drop((silent, partial));
+    let report = server.report().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert!(
+        report.elapsed < timeouts().header_read + Duration::from_secs(1),
+        "the drain waited {:?}, past the header timeout",
+        report.elapsed
+    );
+}
+
+#[tokio::test]
+async fn a_dribbled_request_head_is_cut_at_the_header_timeout() {
+    let (server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    conn.send(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let response = conn.response().await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status, 408);
+    assert!(response.closes());
+    assert_eq!(conn.end().await.unwrap(), End::Eof);
+    assert!(
+        waited >= timeouts().header_read - Duration::from_millis(20)
+            && waited < timeouts().header_read * 4,
+        "cut after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_deadline_cuts_a_request_longer_than_it() {
+    let deadline = Duration::from_millis(600);
+    let (mut server, _socket) = TestServer::start(deadline);
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    conn.send(b"GET /slow?ms=30000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_entered("/slow?ms=30000").await;
+    server.begin_drain().await;
+
+    let end = conn.response().await;
+    assert!(end.is_err(), "the cut request got no answer: {end:?}");
+    let report = server.report().await;
+    assert_eq!(report.cut, 1, "{report:?}");
+    assert!(!report.is_clean());
+    assert!(report.elapsed >= deadline && report.elapsed < deadline * 10);
+    let outcome = handover::lifecycle::Outcome::Cut(report);
+    assert_eq!(
+        outcome.exit_code(),
+        std::process::ExitCode::from(handover::lifecycle::EXIT_DRAIN_CUT)
+    );
+}
+
+#[tokio::test]
+async fn the_event_stream_ends_when_the_drain_starts() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    conn.send(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_entered("/events").await;
+    server.begin_drain().await;
+    let response = conn.response().await.unwrap();
+    assert_eq!(response.status, 200);
+    let body = String::from_utf8(response.body).unwrap();
+    assert!(body.ends_with(": draining, reconnect\n\n"), "{body:?}");
+    assert_eq!(conn.end().await.unwrap(), End::Eof);
+    let report = server.report().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
+}
+
+/// The heart of the kit, in process: two servers share one socket as two
+/// instances share systemd's; clients keep sending on keep-alive and new
+/// connections while one drains and a successor takes over. Nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sending_through_a_rolling_restart_see_no_errors() {
+    let (first, socket) = TestServer::start(Duration::from_secs(10));
+    let mut second = TestServer::on(&socket, Duration::from_secs(10));
+    let addr = first.addr;
+    let (stop_tx, stop) = watch::channel(false);
+    let clients = load::spawn_clients(addr, "/", 16, 8, &stop, 200_000);
+
+    let mut replacements = Vec::new();
+    let mut old = first;
+    for _ in 0..3 {
+        // Let traffic flow on the current pair before the next step.
+        wait_for_requests(&mut old, 200).await;
+        old.begin_drain().await;
+        let report = old.report().await;
+        assert!(report.is_clean(), "{report:?}");
+        replacements.push(report);
+        old = TestServer::on(&socket, Duration::from_secs(10));
+        std::mem::swap(&mut old, &mut second);
+    }
+    wait_for_requests(&mut old, 200).await;
+    stop_tx.send(true).unwrap();
+    let mut counts = load::collect(clients).await;
+    old.begin_drain().await;
+    second.begin_drain().await;
+    println!("rolling restart in process: {}", counts.summary());
+    assert_eq!(counts.error_count(), 0, "{:?}", counts.errors);
+    assert_eq!(counts.non_2xx(), 0, "{:?}", counts.by_status);
+    assert!(counts.ok() > 600, "too little traffic to mean anything");
+    assert!(counts.closes > 0, "drains told keep-alive clients to leave");
+}
+
+async fn wait_for_requests(server: &mut TestServer, n: usize) {
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(10), server.entered.recv())
+            .await
+            .expect("traffic stopped reaching the server");
+    }
+}
+
+#[tokio::test]
+async fn a_new_connection_per_request_client_is_served() {
+    let (server, _socket) = TestServer::start(Duration::from_secs(10));
+    let (_stop_tx, stop) = watch::channel(false);
+    let counts = load::client(server.addr, "/healthz", Mode::NewConnection, stop, 50).await;
+    assert_eq!(counts.ok(), 50, "{counts:?}");
+    assert_eq!(counts.error_count(), 0);
+}

@@ -1,0 +1,208 @@
+//! A load client: keep-alive connections (hyper's HTTP/1 client connection)
+//! or a new connection per request, counting every response by status and
+//! every error by kind, and recording latency.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+/// Bounds one request, so a stuck server shows up as an error, not a hang.
+const REQUEST_LIMIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    KeepAlive,
+    NewConnection,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub by_status: BTreeMap<u16, u64>,
+    pub errors: BTreeMap<String, u64>,
+    /// Responses that carried `Connection: close`.
+    pub closes: u64,
+    pub latencies: Vec<Duration>,
+}
+
+impl Counts {
+    pub fn ok(&self) -> u64 {
+        self.by_status
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn non_2xx(&self) -> u64 {
+        self.by_status
+            .iter()
+            .filter(|(s, _)| !(200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn error(&mut self, kind: impl Into<String>) {
+        *self.errors.entry(kind.into()).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: Counts) {
+        for (s, n) in other.by_status {
+            *self.by_status.entry(s).or_default() += n;
+        }
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+        self.closes += other.closes;
+        self.latencies.extend(other.latencies);
+    }
+
+    /// One line: requests by outcome and latency quantiles.
+    pub fn summary(&mut self) -> String {
+        let (p50, p99, max) = (self.quantile(0.5), self.quantile(0.99), self.quantile(1.0));
+        format!(
+            "{} ok, {} non-2xx {:?}, {} errors {:?}, {} closes, p50 {p50:?} p99 {p99:?} max {max:?}",
+            self.ok(),
+            self.non_2xx(),
+            self.by_status,
+            self.error_count(),
+            self.errors,
+            self.closes,
+        )
+    }
+
+    /// The latency at quantile `q` (0.0 to 1.0).
+    pub fn quantile(&mut self, q: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies.sort_unstable();
+        let idx = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies[idx]
+    }
+}
+
+/// Sends `GET path` from one client until `stop` turns true or `max_requests` is reached.
+pub async fn client(
+    addr: SocketAddr,
+    path: &'static str,
+    mode: Mode,
+    mut stop: watch::Receiver<bool>,
+    max_requests: u64,
+) -> Counts {
+    let mut counts = Counts::default();
+    let mut sent = 0;
+    'connections: while !*stop.borrow() && sent < max_requests {
+        let stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(err) => {
+                counts.error(format!("connect: {:?}", err.kind()));
+                continue;
+            }
+        };
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(pair) => pair,
+                Err(err) => {
+                    counts.error(format!("handshake: {err}"));
+                    continue;
+                }
+            };
+        let conn = tokio::spawn(conn);
+        loop {
+            if *stop.borrow() || sent >= max_requests {
+                break;
+            }
+            let request = Request::get(path)
+                .header("host", "test")
+                .body(Empty::<Bytes>::new())
+                .expect("a valid request");
+            let started = Instant::now();
+            sent += 1;
+            let response = tokio::time::timeout(REQUEST_LIMIT, async {
+                let response = sender.send_request(request).await?;
+                let (parts, body) = response.into_parts();
+                body.collect().await?;
+                Ok::<_, hyper::Error>(parts)
+            })
+            .await;
+            match response {
+                Ok(Ok(parts)) => {
+                    counts.latencies.push(started.elapsed());
+                    *counts.by_status.entry(parts.status.as_u16()).or_default() += 1;
+                    let closes = parts
+                        .headers
+                        .get("connection")
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                    if closes {
+                        counts.closes += 1;
+                    }
+                    if closes || mode == Mode::NewConnection {
+                        break;
+                    }
+                }
+                Ok(Err(err)) => {
+                    counts.error(format!("request: {err}"));
+                    continue 'connections;
+                }
+                Err(_) => {
+                    counts.error("request: timed out");
+                    continue 'connections;
+                }
+            }
+            // Between requests, give `stop` a chance without delaying the next one.
+            if stop.has_changed().unwrap_or(true) && *stop.borrow_and_update() {
+                break;
+            }
+        }
+        drop(sender);
+        // The connection must end cleanly after its last response; an error
+        // here is a reset or a truncated close.
+        match tokio::time::timeout(REQUEST_LIMIT, conn).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => counts.error(format!("connection: {err}")),
+            Ok(Err(join)) => counts.error(format!("connection task: {join}")),
+            Err(_) => counts.error("connection: did not end"),
+        }
+    }
+    counts
+}
+
+/// Runs `keep_alive` keep-alive clients and `new_conn` new-connection clients
+/// until `stop` turns true, and merges their counts.
+pub fn spawn_clients(
+    addr: SocketAddr,
+    path: &'static str,
+    keep_alive: usize,
+    new_conn: usize,
+    stop: &watch::Receiver<bool>,
+    max_requests_each: u64,
+) -> tokio::task::JoinSet<Counts> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..keep_alive + new_conn {
+        let mode = if i < keep_alive {
+            Mode::KeepAlive
+        } else {
+            Mode::NewConnection
+        };
+        set.spawn(client(addr, path, mode, stop.clone(), max_requests_each));
+    }
+    set
+}
+
+pub async fn collect(mut set: tokio::task::JoinSet<Counts>) -> Counts {
+    let mut total = Counts::default();
+    while let Some(counts) = set.join_next().await {
+        total.merge(counts.expect("a load client panicked"));
+    }
+    total
+}
