@@ -1,6 +1,7 @@
 //! Logging: to the journal under systemd, to stderr elsewhere, with a filter
 //! that a settings reload can change.
 
+use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -59,6 +60,7 @@ pub fn init(filter: &str, destination: Destination) -> Result<LogHandle, LogErro
     let stderr = journald.is_none().then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
     });
     tracing_subscriber::registry()

@@ -53,6 +53,7 @@ impl App {
     }
 
     async fn route(&self, request: Request<Incoming>) -> Response<AppBody> {
+        tracing::debug!(method = %request.method(), uri = %request.uri(), "request");
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             response

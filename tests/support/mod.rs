@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod process;
 pub mod raw;

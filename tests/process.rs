@@ -1,0 +1,347 @@
+//! The built `app` binary as a process: a notify socket bound by the test,
+//! real signals, and sockets passed by `systemd-socket-activate`.
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+
+use support::process::{
+    NotifySocket, Process, app_binary, free_port, http_get, path_str, request, served_address,
+};
+
+const ACTIVATE: &str = "systemd-socket-activate";
+
+/// `systemd-socket-activate` comes with systemd; without it these tests
+/// cannot run. In CI that is a failure, elsewhere a visible skip.
+fn activate_available() -> bool {
+    let found = Command::new(ACTIVATE).arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{ACTIVATE} is not installed; CI must install systemd"
+        );
+        eprintln!("SKIPPED: {ACTIVATE} is not installed (apt-get install systemd)");
+    }
+    found
+}
+
+#[test]
+fn ready_is_sent_once_requests_are_served_and_stopping_on_sigterm() {
+    let mut notify = NotifySocket::new();
+    let mut app = Process::spawn(
+        app_binary(),
+        &["--listen", "127.0.0.1:0"],
+        &[("NOTIFY_SOCKET", path_str(&notify.path))],
+    );
+    let ready = notify.expect(&mut app, "READY=1");
+    assert_eq!(notify.seen.len(), 1, "READY=1 is the first thing sent");
+    let addr = served_address(&ready);
+    // No retry: the moment READY=1 is sent, a request must be answered.
+    let (status, body) = http_get(addr, "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    app.signal(libc::SIGTERM);
+    let stopping = notify.expect(&mut app, "STOPPING=1");
+    assert!(stopping.contains("STATUS=draining"), "{stopping}");
+    app.expect_exit(0);
+    let output = app.output();
+    assert!(output.contains("drain finished"), "{output}");
+}
+
+#[test]
+fn systemd_socket_activate_passes_a_tcp_socket() {
+    if !activate_available() {
+        return;
+    }
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut notify = NotifySocket::new();
+    let notify_env = format!("NOTIFY_SOCKET={}", notify.path.display());
+    let mut app = Process::spawn(
+        ACTIVATE,
+        &[
+            "-l",
+            &addr,
+            "--fdname=http",
+            "-E",
+            &notify_env,
+            app_binary(),
+            "--instance",
+            "activated",
+        ],
+        &[],
+    );
+    app.wait_for_line(&["Listening on", &addr]);
+    // The first connection makes systemd-socket-activate exec the app, which
+    // finds this connection waiting in the passed socket's queue.
+    let (status, body) = http_get(addr.parse().unwrap(), "/version").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let version: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(version["instance"], "activated");
+    assert_eq!(version["pid"], app.pid(), "the activator exec'd the app");
+    let ready = notify.expect(&mut app, "READY=1");
+    assert!(
+        ready.contains(&format!("serving http on {addr}")),
+        "{ready}"
+    );
+
+    app.signal(libc::SIGTERM);
+    notify.expect(&mut app, "STOPPING=1");
+    app.expect_exit(0);
+}
+
+#[test]
+fn systemd_socket_activate_passes_a_unix_socket() {
+    if !activate_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.sock");
+    let mut app = Process::spawn(ACTIVATE, &["-l", path_str(&path), app_binary()], &[]);
+    app.wait_for_line(&["Listening on", path_str(&path)]);
+    let (status, body) = request(UnixStream::connect(&path).unwrap(), "/healthz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    app.wait_for_line(&["ready", &format!("unix:{}", path.display())]);
+    app.signal(libc::SIGTERM);
+    app.expect_exit(0);
+}
+
+#[test]
+fn a_datagram_socket_is_a_clear_error() {
+    if !activate_available() {
+        return;
+    }
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut app = Process::spawn(
+        ACTIVATE,
+        &["--datagram", "-l", &addr, "--fdname=http", app_binary()],
+        &[],
+    );
+    app.wait_for_line(&["Listening on", &addr]);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"wake up", &addr).unwrap();
+    app.expect_exit(1);
+    app.wait_for_line(&[
+        "app: error: fd 3 (LISTEN_FDNAMES \"http\") is not a stream socket (it is a datagram socket)",
+    ]);
+}
+
+#[test]
+fn the_drain_deadline_cuts_a_long_request_and_exits_3() {
+    let mut notify = NotifySocket::new();
+    let mut app = Process::spawn(
+        app_binary(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--drain-deadline",
+            "500ms",
+            "--idle-grace",
+            "100ms",
+            "--log-level",
+            "debug",
+        ],
+        &[("NOTIFY_SOCKET", path_str(&notify.path))],
+    );
+    let addr = served_address(&notify.expect(&mut app, "READY=1"));
+    let client = std::thread::spawn(move || http_get(addr, "/slow?ms=30000"));
+    app.wait_for_line(&["request", "/slow?ms=30000"]);
+    app.signal(libc::SIGTERM);
+    let extend = notify.expect(&mut app, "EXTEND_TIMEOUT_USEC=");
+    let usec: u64 = extend
+        .lines()
+        .find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        usec <= 2_500_000,
+        "extends systemd's stop timeout only to our own deadline (+2s), not {usec}"
+    );
+    app.expect_exit(3);
+    app.wait_for_line(&["drain deadline passed: cut 1 connections"]);
+    let cut = client.join().unwrap();
+    assert!(
+        cut.as_ref().map_or(true, |(_, body)| body.is_empty()),
+        "the cut request got no answer: {cut:?}"
+    );
+}
+
+#[test]
+fn watchdog_pings_come_when_systemd_asks_for_them() {
+    let mut notify = NotifySocket::new();
+    let mut app = Process::spawn(
+        app_binary(),
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("NOTIFY_SOCKET", path_str(&notify.path)),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    notify.expect(&mut app, "READY=1");
+    notify.expect(&mut app, "WATCHDOG=1");
+    notify.expect(&mut app, "WATCHDOG=1");
+    app.signal(libc::SIGTERM);
+    app.expect_exit(0);
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut notify = NotifySocket::new();
+    let mut app = Process::spawn(
+        app_binary(),
+        &["--listen", "127.0.0.1:0", "--log-level", "debug"],
+        &[("NOTIFY_SOCKET", path_str(&notify.path))],
+    );
+    let addr = served_address(&notify.expect(&mut app, "READY=1"));
+    let _client = std::thread::spawn(move || http_get(addr, "/slow?ms=30000"));
+    app.wait_for_line(&["request", "/slow?ms=30000"]);
+    app.signal(libc::SIGINT);
+    app.wait_for_line(&["drain started", "SIGINT"]);
+    app.signal(libc::SIGTERM);
+    app.expect_exit(4);
+    app.wait_for_line(&["second drain signal"]);
+}
+
+#[test]
+fn sighup_reloads_the_settings_file_and_keeps_them_when_it_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("app.toml");
+    std::fs::write(&config, "log_level = \"info\"\n").unwrap();
+    let mut notify = NotifySocket::new();
+    let mut app = Process::spawn(
+        app_binary(),
+        &["--listen", "127.0.0.1:0", "--config", path_str(&config)],
+        &[("NOTIFY_SOCKET", path_str(&notify.path))],
+    );
+    let addr = served_address(&notify.expect(&mut app, "READY=1"));
+
+    // debug shows each request: seeing one proves the new filter is applied.
+    std::fs::write(&config, "log_level = \"debug\"\n").unwrap();
+    app.signal(libc::SIGHUP);
+    notify.expect(&mut app, "RELOADING=1");
+    notify.expect(&mut app, "READY=1");
+    app.wait_for_line(&["settings reloaded"]);
+    assert_eq!(http_get(addr, "/healthz").unwrap().0, 200);
+    app.wait_for_line(&["request", "/healthz"]);
+
+    std::fs::write(&config, "drain_deadline = \"soon\"\n").unwrap();
+    app.signal(libc::SIGHUP);
+    notify.expect(&mut app, "RELOADING=1");
+    notify.expect(&mut app, "READY=1");
+    app.wait_for_line(&["settings not reloaded", "drain_deadline"]);
+    assert_eq!(http_get(addr, "/readyz").unwrap().0, 200);
+    app.wait_for_line(&["request", "/readyz"]);
+
+    app.signal(libc::SIGTERM);
+    app.expect_exit(0);
+}
+
+/// Arguments, environment, expected exit code, expected error line.
+struct BadStart(
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    i32,
+    &'static str,
+);
+
+#[test]
+fn bad_settings_and_environments_are_one_clear_line_and_a_failure() {
+    let cases: &[BadStart] = &[
+        BadStart(
+            &["--drain-deadline", "0s"],
+            &[],
+            1,
+            "app: error: setting drain_deadline = \"0s\": must be more than zero",
+        ),
+        BadStart(
+            &["--idle-timeout", "soon"],
+            &[],
+            2,
+            "invalid value 'soon' for '--idle-timeout <DURATION>'",
+        ),
+        BadStart(
+            &[],
+            &[("APP_LISTEN", "nowhere")],
+            2,
+            "invalid value 'nowhere' for '--listen <ADDR>'",
+        ),
+        BadStart(
+            &["--config", "/nonexistent/app.toml"],
+            &[],
+            1,
+            "app: error: cannot read settings file /nonexistent/app.toml: No such file",
+        ),
+        BadStart(
+            &[],
+            &[("LISTEN_FDS", "abc")],
+            1,
+            "app: error: LISTEN_FDS=\"abc\" is not a number of sockets",
+        ),
+        BadStart(
+            &[],
+            &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")],
+            1,
+            "app: error: LISTEN_PID=1 names another process",
+        ),
+        BadStart(
+            &[],
+            &[("LISTEN_FDNAMES", "http")],
+            1,
+            "app: error: LISTEN_FDNAMES is set but LISTEN_FDS is not",
+        ),
+    ];
+    for BadStart(args, env, code, expected) in cases {
+        let mut app = Process::spawn(app_binary(), args, env);
+        app.expect_exit(*code);
+        let output = app.output();
+        assert!(
+            output.contains(expected),
+            "{args:?} {env:?}: expected {expected:?} in:\n{output}"
+        );
+        assert!(!output.contains("panicked"), "{output}");
+    }
+}
+
+#[test]
+fn a_passed_fd_that_is_not_open_is_named() {
+    // LISTEN_PID must be the app's own pid, which only exists once it runs:
+    // a shell sets it and execs, as systemd does.
+    let output = Command::new("sh")
+        .args([
+            "-c",
+            "exec 3>&-; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http; exec \"$0\"",
+            app_binary(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("app: error: fd 3 (LISTEN_FDNAMES \"http\") is not open"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_passed_regular_file_is_named() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file.as_file(), "not a socket").unwrap();
+    let output = Command::new("sh")
+        .args([
+            "-c",
+            "exec 3<\"$1\"; export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\"",
+            app_binary(),
+            path_str(file.path()),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("app: error: fd 3 (unnamed) is not a socket (it is a regular file)"),
+        "{stderr}"
+    );
+}
