@@ -5,3 +5,4 @@
 pub mod load;
 pub mod process;
 pub mod raw;
+pub mod systemd;

@@ -1,0 +1,310 @@
+//! A real systemd, booted as PID 1 of new PID and mount namespaces on a
+//! throw-away overlay of the host's root, with the project's unit files and
+//! freshly built binary installed. See ../shared/SYSTEMD-IN-TESTS.md.
+//!
+//! The host stays safe: the box writes only to its overlay and its own tmpfs
+//! mounts, and is killed (SIGKILL to its PID 1) on drop, also when a test
+//! panics. The network namespace is the host's, so sockets the box listens
+//! on are reachable from the test directly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository's unit files, installed as they are.
+pub const UNITS: [&str; 3] = ["app.socket", "app@.service", "app.target"];
+
+const BOOT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Whether this machine can boot a box; when not, the reason.
+fn boot_blocker() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["unshare", "nsenter", "/lib/systemd/systemd"] {
+        let found = if tool.starts_with('/') {
+            Path::new(tool).exists()
+        } else {
+            Command::new(tool).arg("--version").output().is_ok()
+        };
+        if !found {
+            return Some(format!("{tool} is missing"));
+        }
+    }
+    None
+}
+
+/// `None` (after a visible message) when the box cannot boot here and we are
+/// not in CI; in CI that is a failure, never a silent pass.
+pub fn can_boot(test: &str) -> bool {
+    match boot_blocker() {
+        None => true,
+        Some(reason) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: cannot boot systemd for the acceptance tests: {reason}"
+            );
+            eprintln!("SKIPPED {test}: cannot boot systemd here ({reason})");
+            false
+        }
+    }
+}
+
+/// A booted systemd in its own namespaces.
+pub struct SystemdBox {
+    /// The `unshare` process; its child is the box's PID 1.
+    unshare: Child,
+    /// The box's PID 1 as the host sees it.
+    pub pid: i32,
+    _staging: tempfile::TempDir,
+}
+
+/// Files to place in the box's root before it boots: (path inside, contents).
+pub struct Install {
+    pub files: Vec<(PathBuf, Vec<u8>)>,
+    /// (path inside, host file) copied with its mode.
+    pub copies: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Install {
+    /// The project's units, `app` at /usr/bin/app, and a settings file.
+    pub fn project(settings: &str) -> Self {
+        let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+        let mut copies: Vec<(PathBuf, PathBuf)> = UNITS
+            .iter()
+            .map(|u| (Path::new("/etc/systemd/system").join(u), units.join(u)))
+            .collect();
+        copies.push(("/usr/bin/app".into(), env!("CARGO_BIN_EXE_app").into()));
+        Self {
+            files: vec![("/etc/app/app.toml".into(), settings.as_bytes().to_vec())],
+            copies,
+        }
+    }
+
+    pub fn file(mut self, path: &str, contents: &str) -> Self {
+        self.files.push((path.into(), contents.as_bytes().to_vec()));
+        self
+    }
+}
+
+impl SystemdBox {
+    pub fn boot(install: Install) -> Self {
+        let staging = tempfile::tempdir().expect("a staging directory");
+        // Stage everything on the host side; the boot script copies it into
+        // the overlay root before pivoting into it.
+        let stage = staging.path().join("root");
+        for (inside, contents) in &install.files {
+            let dest = stage.join(inside.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::write(&dest, contents).unwrap();
+        }
+        for (inside, host) in &install.copies {
+            let dest = stage.join(inside.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(host, &dest)
+                .unwrap_or_else(|e| panic!("cannot stage {}: {e}", host.display()));
+        }
+        std::fs::create_dir_all(stage.join("etc/systemd/system")).unwrap();
+        std::fs::write(
+            stage.join("etc/systemd/system/harness.target"),
+            "[Unit]\nDescription=test harness\n",
+        )
+        .unwrap();
+        let script = staging.path().join("boot.sh");
+        std::fs::write(&script, BOOT_SCRIPT).unwrap();
+
+        let mut unshare = Command::new("unshare")
+            .args(["--pid", "--mount", "--fork", "bash"])
+            .arg(&script)
+            .arg(&stage)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run unshare");
+        let pid = match wait_for_child(unshare.id()) {
+            Some(pid) => pid,
+            None => {
+                let _ = unshare.kill();
+                let out = unshare.wait_with_output().unwrap();
+                panic!(
+                    "the box did not start: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        let mut boxed = SystemdBox {
+            unshare,
+            pid,
+            _staging: staging,
+        };
+        boxed.wait_running();
+        boxed
+    }
+
+    /// Waits until the box's manager has booted (`running`, or `degraded` if
+    /// a unit that does not matter here failed).
+    fn wait_running(&mut self) {
+        let started = Instant::now();
+        loop {
+            let out = self.run("systemctl", &["is-system-running", "--wait"]);
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            match state.as_str() {
+                "running" => return,
+                "degraded" => {
+                    let failed = self.run("systemctl", &["--failed", "--no-legend", "--plain"]);
+                    eprintln!(
+                        "box booted degraded; failed units:\n{}",
+                        String::from_utf8_lossy(&failed.stdout)
+                    );
+                    return;
+                }
+                _ if started.elapsed() > BOOT_LIMIT => {
+                    panic!("the box did not boot: state {state:?}")
+                }
+                // `--wait` returns at once while the manager is not yet
+                // listening on its bus; then we ask again.
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Runs a command inside the box.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-m", "-p", "--", program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// `systemctl ARGS` inside the box; returns the output, success or not.
+    pub fn systemctl(&self, args: &[&str]) -> Output {
+        self.run("systemctl", args)
+    }
+
+    /// `systemctl ARGS`, which must succeed; fails the test with its output
+    /// and the journal otherwise.
+    pub fn systemctl_ok(&self, args: &[&str]) -> String {
+        let out = self.systemctl(args);
+        if !out.status.success() {
+            panic!(
+                "systemctl {args:?} failed: {}\nstdout: {}\nstderr: {}\njournal:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.journal(&[])
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A unit property (`systemctl show -p NAME --value`).
+    pub fn property(&self, unit: &str, name: &str) -> String {
+        self.systemctl_ok(&["show", "-p", name, "--value", unit])
+            .trim()
+            .to_owned()
+    }
+
+    /// The journal, optionally of some units (`-u app@1.service`).
+    pub fn journal(&self, units: &[&str]) -> String {
+        let mut args = vec!["--no-pager", "-o", "short-monotonic"];
+        for unit in units {
+            args.extend(["-u", unit]);
+        }
+        let out = self.run("journalctl", &args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes a file inside the box (through /proc/PID/root).
+    pub fn write(&self, inside: &str, contents: &str) {
+        let path = self.host_path(inside);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut file = std::fs::File::create(&path)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        file.write_all(contents.as_bytes()).unwrap();
+    }
+
+    /// Copies a host file into the box, keeping its mode.
+    pub fn copy_in(&self, host: &Path, inside: &str) {
+        let path = self.host_path(inside);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Replace rather than overwrite: a running binary cannot be written.
+        let staged = path.with_extension("new");
+        std::fs::copy(host, &staged).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+    }
+
+    fn host_path(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid)).join(inside.trim_start_matches('/'))
+    }
+}
+
+impl Drop for SystemdBox {
+    fn drop(&mut self) {
+        // SIGTERM only makes a system manager re-execute; SIGKILL to the
+        // namespace's PID 1 ends everything inside, and the kernel unmounts.
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+/// The host PID of `parent`'s first child, once it has exec'd systemd.
+fn wait_for_child(parent: u32) -> Option<i32> {
+    let started = Instant::now();
+    let children = format!("/proc/{parent}/task/{parent}/children");
+    while started.elapsed() < BOOT_LIMIT {
+        if let Some(pid) = std::fs::read_to_string(&children)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "systemd" {
+                return Some(pid);
+            }
+        }
+        if !Path::new(&format!("/proc/{parent}")).exists() {
+            return None;
+        }
+        // The boot script runs for a few milliseconds before exec; there is
+        // no event for "a process exec'd" short of ptrace.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Runs inside the new namespaces as their PID 1 until it execs systemd.
+/// $1 is the staged tree to copy over the box's root.
+const BOOT_SCRIPT: &str = r#"
+set -euo pipefail
+stage="$1"
+mount --make-rprivate /
+base=$(mktemp -d /tmp/handover-box.XXXXXX)
+mount -t tmpfs -o mode=0755 box "$base"
+mkdir -p "$base/upper" "$base/work" "$base/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"
+root="$base/root"
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount --rbind /dev "$root/dev"
+for dir in run tmp var/tmp; do
+    mount -t tmpfs -o mode=1777 tmpfs "$root/$dir"
+done
+chmod 0755 "$root/run"
+cp -a "$stage/." "$root/"
+# A real host has no policy-rc.d; Debian's package scripts obey it.
+rm -f "$root/usr/sbin/policy-rc.d"
+# The host's persistent journal stays the host's.
+rm -rf "$root/var/log/journal"
+mkdir -p "$root/.oldroot"
+cd "$root"
+pivot_root . .oldroot
+umount -l /.oldroot
+export container=handover-test
+exec /lib/systemd/systemd --system --unit=harness.target
+"#;
