@@ -20,6 +20,7 @@
 //! - settings from flags, environment and file: [`settings`];
 //! - signals as intents: [`signals`]; logs: [`logging`];
 //! - the process from start to exit code: [`lifecycle`];
+//! - the deploy verb, restarting instances one at a time: [`rollout`];
 //! - the reference app's routes: [`routes`].
 //!
 //! The `app` binary (`src/main.rs`) is the reference user: it gathers
@@ -33,6 +34,7 @@ pub mod lifecycle;
 pub mod listeners;
 pub mod logging;
 pub mod notify;
+pub mod rollout;
 pub mod routes;
 pub mod server;
 pub mod settings;

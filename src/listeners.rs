@@ -4,6 +4,10 @@
 //! Every passed fd is checked before use (open, a socket, a stream socket,
 //! listening, a family we serve), marked close-on-exec by listenfd, and set
 //! non-blocking here, because listenfd leaves that to us and tokio needs it.
+//!
+//! O_NONBLOCK is shared by every process holding the socket: when several
+//! instances share one socket, the unit must say `NonBlocking=yes`, or
+//! systemd clears the flag for all of them each time it starts one.
 
 use std::fmt;
 use std::io;

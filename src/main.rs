@@ -4,12 +4,13 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use handover::lifecycle::{self, Startup};
 use handover::listeners;
 use handover::logging::{self, Destination};
 use handover::notify::{ManagerEnv, Notifier};
+use handover::rollout::{self, RolloutArgs};
 use handover::routes::App;
 use handover::settings::{ServeArgs, Settings};
 use handover::signals::Intents;
@@ -23,25 +24,37 @@ use handover::signals::Intents;
 /// Exit status: 0 after a clean drain, 1 on a start-up error, 2 on bad usage,
 /// 3 when the drain deadline cut connections, 4 when a second signal cut the drain.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     #[command(flatten)]
     serve: ServeArgs,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match start(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("app: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Deploy: restart every running app@ instance one at a time, each once
+    /// the previous one is ready; stop at the first that fails.
+    Rollout(RolloutArgs),
 }
 
-fn start(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(&cli.serve)?;
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Cmd::Rollout(args)) => rollout::run(&args, &mut std::io::stdout())
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        None => serve(cli.serve),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("app: error: {err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&args)?;
     // SAFETY (both): no other thread exists yet; the runtime starts below.
     let manager = unsafe { ManagerEnv::take() };
     let (listeners, unused) = unsafe { listeners::take_from_env(settings.listen)? };
@@ -57,7 +70,7 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the runtime")?;
     let startup = Startup {
-        args: cli.serve,
+        args,
         settings,
         listeners,
         notifier,

@@ -3,33 +3,508 @@
 
 mod support;
 
-use support::process::free_port;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::load::{Counts, Load};
+use support::process::{Process, free_port, http_get};
 use support::systemd::{Install, SystemdBox, can_boot};
 
-/// Boots a box with the project's units, the socket moved to a free port by a
-/// drop-in (the README's way of changing the address), and returns its address.
-fn boot(settings: &str) -> (SystemdBox, std::net::SocketAddr) {
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let install = Install::project(settings).file(
+/// Each client starts a request at most this often.
+const PACE: Duration = Duration::from_millis(50);
+/// 200 concurrent clients, half keep-alive, half a new connection per request.
+const KEEP_ALIVE_CLIENTS: usize = 100;
+const NEW_CONN_CLIENTS: usize = 100;
+
+/// Boots a box with the project's units and settings, the socket moved to a
+/// free port by a drop-in (the README's way of changing the address).
+fn boot_with(settings: &str, extra: &[(&str, &str)]) -> (Arc<SystemdBox>, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut install = Install::project(settings).file(
         "/etc/systemd/system/app.socket.d/listen.conf",
         &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
     );
-    (SystemdBox::boot(install), addr)
+    for (path, contents) in extra {
+        install = install.file(path, contents);
+    }
+    (Arc::new(SystemdBox::boot(install)), addr)
+}
+
+fn boot(settings: &str) -> (Arc<SystemdBox>, SocketAddr) {
+    boot_with(settings, &[])
+}
+
+/// Runs a blocking box operation off the runtime, so load keeps flowing.
+async fn blocking<T: Send + 'static>(
+    sd: &Arc<SystemdBox>,
+    op: impl FnOnce(&SystemdBox) -> T + Send + 'static,
+) -> T {
+    let sd = sd.clone();
+    tokio::task::spawn_blocking(move || op(&sd)).await.unwrap()
+}
+
+/// `app rollout` inside the box: (success, output).
+fn rollout(sd: &SystemdBox, binary: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["rollout"];
+    all.extend_from_slice(args);
+    let out = sd.run(binary, &all);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn main_pid(sd: &SystemdBox, unit: &str) -> String {
+    sd.property(unit, "MainPID")
+}
+
+/// Follows the journal of `unit` as JSON lines, from its first entry, so a
+/// line written before journalctl opened the journal is not missed.
+fn follow_journal(sd: &SystemdBox, unit: &str) -> Process {
+    let pid = sd.pid.to_string();
+    Process::spawn(
+        "nsenter",
+        &[
+            "-t",
+            &pid,
+            "-m",
+            "-p",
+            "journalctl",
+            "-f",
+            "-n",
+            "all",
+            "-o",
+            "json",
+            "-u",
+            unit,
+        ],
+        &[],
+    )
+}
+
+fn assert_no_loss(phase: &str, counts: &mut Counts) {
+    println!("{phase}: {}", counts.summary());
+    assert_eq!(counts.error_count(), 0, "{phase}: {:?}", counts.errors);
+    assert_eq!(counts.non_2xx(), 0, "{phase}: {:?}", counts.by_status);
+    assert!(counts.ok() > 0, "{phase}: no traffic at all");
+}
+
+/// Asks `/version` until every instance has answered; returns (instance, pid).
+fn versions(addr: SocketAddr, instances: usize) -> Vec<(String, String)> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for _ in 0..500 {
+        let (status, body) = http_get(addr, "/version").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+        let entry = (
+            v["instance"].as_str().unwrap().to_owned(),
+            v["pid"].to_string(),
+        );
+        if !seen.contains(&entry) {
+            seen.push(entry);
+        }
+        if seen.len() == instances {
+            break;
+        }
+    }
+    seen.sort();
+    seen
 }
 
 #[test]
-fn smoke_two_instances_serve_the_socket() {
-    if !can_boot("smoke_two_instances_serve_the_socket") {
+fn the_stop_timeout_is_above_the_drain_deadline() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/app@.service"))
+            .unwrap();
+    let stop_timeout = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("app@.service sets TimeoutStopSec=");
+    let stop_timeout = handover::settings::parse_duration(stop_timeout).unwrap();
+    let drain = handover::settings::DEFAULT_DRAIN_DEADLINE;
+    // The app's deadline must fire first, with margin for the exit itself:
+    // the trap was a supervisor's 1.6 s kill timeout silently beating the
+    // app's own 10 s timer.
+    assert!(
+        stop_timeout >= drain + Duration::from_secs(5),
+        "TimeoutStopSec={stop_timeout:?} does not leave room for drain_deadline={drain:?}"
+    );
+}
+
+#[test]
+fn the_service_unit_is_hardened() {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/app@.service"))
+        .output();
+    let Ok(out) = out else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze is missing"
+        );
+        eprintln!("SKIPPED the_service_unit_is_hardened: systemd-analyze is missing");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for app@").nth(1))
+        .and_then(|rest| rest.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    println!("systemd-analyze security exposure: {score}");
+    assert!(score <= 1.0, "exposure {score} > 1.0:\n{text}");
+}
+
+#[test]
+fn units_verify_cleanly_and_two_instances_serve() {
+    if !can_boot("units_verify_cleanly_and_two_instances_serve") {
         return;
     }
     let (sd, addr) = boot("");
+    let out = sd.run(
+        "systemd-analyze",
+        &[
+            "verify",
+            "--man=no",
+            "/etc/systemd/system/app.socket",
+            "/etc/systemd/system/app@.service",
+            "/etc/systemd/system/app.target",
+        ],
+    );
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "systemd-analyze verify: {complaints}"
+    );
     sd.systemctl_ok(&["start", "app.target"]);
     for unit in ["app@1.service", "app@2.service"] {
         assert_eq!(sd.property(unit, "ActiveState"), "active");
     }
-    let (status, body) = support::process::http_get(addr, "/version").unwrap();
+    let seen = versions(addr, 2);
+    let instances: Vec<&str> = seen.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(instances, ["1", "2"]);
+}
+
+/// Acceptance 1: ten rollouts under 200 clients lose nothing, and every
+/// instance ends on a new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_rollouts_under_load_lose_nothing() {
+    if !can_boot("ten_rollouts_under_load_lose_nothing") {
+        return;
+    }
+    let (sd, addr) = boot("");
+    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    let before = blocking(&sd, |sd| {
+        [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
+    })
+    .await;
+
+    let load = Load::start(addr, "/", KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
+    // A measurement window, not a synchronisation: steady state to compare with.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut steady = load.stop().await;
+
+    let load = Load::start(addr, "/", KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
+    let started = Instant::now();
+    for round in 1..=10 {
+        let (ok, output) = blocking(&sd, |sd| rollout(sd, "/usr/bin/app", &[])).await;
+        assert!(ok, "rollout {round} failed:\n{output}");
+        if round == 1 {
+            print!("{output}");
+        }
+    }
+    let rollouts_took = started.elapsed();
+    let mut during = load.stop().await;
+    println!("10 rollouts took {rollouts_took:?}");
+    assert_no_loss("steady", &mut steady);
+    assert_no_loss("during 10 rollouts", &mut during);
+
+    let after = blocking(&sd, |sd| {
+        [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
+    })
+    .await;
+    for (old, new) in before.iter().zip(&after) {
+        assert_ne!(old, new, "an instance was not restarted");
+    }
+    let seen = tokio::task::spawn_blocking(move || versions(addr, 2))
+        .await
+        .unwrap();
+    let expected = vec![
+        ("1".to_owned(), after[0].clone()),
+        ("2".to_owned(), after[1].clone()),
+    ];
+    assert_eq!(seen, expected, "/version shows the new processes");
+}
+
+/// Acceptance 2: a 5 s request in flight on the instance being restarted completes.
+#[test]
+fn a_long_request_in_flight_survives_its_instance_restart() {
+    if !can_boot("a_long_request_in_flight_survives_its_instance_restart") {
+        return;
+    }
+    let (sd, addr) = boot("log_level = \"debug\"\n");
+    sd.systemctl_ok(&["start", "app.socket", "app@1.service"]);
+    let mut journal = follow_journal(&sd, "app@1.service");
+    let request = std::thread::spawn(move || http_get(addr, "/slow?ms=5000"));
+    journal.wait_for_line(&["\"MESSAGE\":\"request\"", "/slow?ms=5000"]);
+    let old = main_pid(&sd, "app@1.service");
+    let started = Instant::now();
+    sd.systemctl_ok(&["restart", "app@1.service"]);
+    let restart_took = started.elapsed();
+    let (status, body) = request.join().unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (200, "slept 5000 ms\n"));
+    assert_ne!(main_pid(&sd, "app@1.service"), old);
+    println!("restart waited {restart_took:?} for the in-flight request");
+    assert!(
+        restart_took > Duration::from_secs(3),
+        "the restart did not wait"
+    );
+}
+
+/// Acceptance 3: a new binary that cannot start stops the rollout at the
+/// first instance; the other keeps serving the old version without errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_release_stops_the_rollout_and_the_sibling_serves() {
+    if !can_boot("a_broken_release_stops_the_rollout_and_the_sibling_serves") {
+        return;
+    }
+    let fast_start_timeout = (
+        "/etc/systemd/system/app@.service.d/test-start-timeout.conf",
+        "[Service]\nTimeoutStartSec=3s\n",
+    );
+    let (sd, addr) = boot_with("", &[fast_start_timeout]);
+    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    // The rollout tool itself stays the good build.
+    blocking(&sd, |sd| {
+        sd.copy_in(
+            std::path::Path::new(env!("CARGO_BIN_EXE_app")),
+            "/usr/local/bin/app-good",
+        )
+    })
+    .await;
+    let sibling = blocking(&sd, |sd| main_pid(sd, "app@2.service")).await;
+
+    let broken = [
+        (
+            "exits 1 at start",
+            "#!/bin/sh\necho broken release >&2\nexit 1\n",
+            "exit-code",
+        ),
+        (
+            "never sends READY",
+            "#!/bin/sh\nexec sleep 600\n",
+            "timeout",
+        ),
+    ];
+    for (what, script, result) in broken {
+        blocking(&sd, move |sd| {
+            sd.systemctl_ok(&["reset-failed"]);
+            sd.write("/usr/bin/app.broken", script);
+            sd.run("chmod", &["755", "/usr/bin/app.broken"]);
+            sd.run("mv", &["/usr/bin/app.broken", "/usr/bin/app"]);
+        })
+        .await;
+        let load = Load::start(addr, "/", 20, 20, PACE);
+        let (ok, output) = blocking(&sd, |sd| rollout(sd, "/usr/local/bin/app-good", &[])).await;
+        // Let the sibling alone serve for a moment with the broken one retrying.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut counts = load.stop().await;
+        println!("{what}:\n{output}");
+        assert!(!ok, "{what}: the rollout reported success:\n{output}");
+        assert!(
+            output.contains("app@1.service did not become ready")
+                && output.contains(&format!("result {result}"))
+                && output.contains("app@2.service left on the old version"),
+            "{what}: {output}"
+        );
+        assert_no_loss(&format!("sibling while the release {what}"), &mut counts);
+        let still = blocking(&sd, |sd| main_pid(sd, "app@2.service")).await;
+        assert_eq!(still, sibling, "{what}: the sibling was touched");
+    }
+
+    // Fixing the release and rolling out again repairs app@1.
+    blocking(&sd, |sd| {
+        sd.copy_in(
+            std::path::Path::new(env!("CARGO_BIN_EXE_app")),
+            "/usr/bin/app",
+        );
+        sd.systemctl_ok(&["reset-failed"]);
+    })
+    .await;
+    let (ok, output) = blocking(&sd, |sd| rollout(sd, "/usr/bin/app", &[])).await;
+    assert!(ok, "{output}");
+}
+
+/// Acceptance 4: with both instances stopped, connections wait in the
+/// socket's queue and are answered once an instance starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_wait_while_every_instance_is_down() {
+    if !can_boot("connections_wait_while_every_instance_is_down") {
+        return;
+    }
+    let (sd, addr) = boot("");
+    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    let before = blocking(&sd, |sd| {
+        [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
+    })
+    .await;
+    let load = Load::start(addr, "/", 20, 20, PACE);
+    let started = Instant::now();
+    let stop = blocking(&sd, |sd| {
+        let stop = sd.systemctl(&["stop", "app@1.service", "app@2.service"]);
+        sd.systemctl_ok(&["start", "app.target"]);
+        stop
+    })
+    .await;
+    let outage = started.elapsed();
+    // Traffic keeps arriving, so the socket may start app@1 on demand before
+    // our stop job finishes, which cancels that job: the socket doing its work.
+    let stderr = String::from_utf8_lossy(&stop.stderr);
+    assert!(
+        stop.status.success() || stderr.contains("Job for app@1.service canceled"),
+        "stop failed: {stderr}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut counts = load.stop().await;
+    let after = blocking(&sd, |sd| {
+        [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
+    })
+    .await;
+    println!(
+        "both instances stopped and started again in {outage:?} (stop: {})",
+        if stop.status.success() {
+            "done"
+        } else {
+            "app@1 restarted on demand by the socket"
+        }
+    );
+    assert_ne!(before[0], after[0], "app@1 went down and came back");
+    assert_ne!(before[1], after[1], "app@2 went down and came back");
+    assert_no_loss("through a full stop and start", &mut counts);
+}
+
+/// Acceptance 5: a reload applies a changed settings file without dropping a
+/// request; a broken file keeps the old settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_settings_without_dropping_requests() {
+    if !can_boot("reload_applies_settings_without_dropping_requests") {
+        return;
+    }
+    let (sd, addr) = boot("slow_max = \"60s\"\n");
+    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    let load = Load::start(addr, "/", 50, 50, PACE);
+
+    let mut journals = blocking(&sd, |sd| {
+        sd.write("/etc/app/app.toml", "slow_max = \"200ms\"\n");
+        let journals = [
+            follow_journal(sd, "app@1.service"),
+            follow_journal(sd, "app@2.service"),
+        ];
+        let (ok, output) = rollout(sd, "/usr/bin/app", &["--config-only"]);
+        assert!(ok, "{output}\n{}", sd.journal(&["app@1.service"]));
+        journals
+    })
+    .await;
+    for journal in &mut journals {
+        journal.wait_for_line(&["settings reloaded"]);
+    }
+    for _ in 0..4 {
+        let (status, body) = http_get(addr, "/slow?ms=3000").unwrap();
+        assert_eq!((status, body.as_str()), (200, "slept 200 ms (capped)\n"));
+    }
+
+    blocking(&sd, |sd| {
+        sd.write("/etc/app/app.toml", "slow_max = [broken\n");
+        sd.systemctl_ok(&["reload", "app@1.service", "app@2.service"]);
+    })
+    .await;
+    for journal in &mut journals {
+        journal.wait_for_line(&["settings not reloaded"]);
+    }
+    for _ in 0..4 {
+        let (status, body) = http_get(addr, "/slow?ms=3000").unwrap();
+        assert_eq!((status, body.as_str()), (200, "slept 200 ms (capped)\n"));
+    }
+    let mut counts = load.stop().await;
+    assert_no_loss("through two reloads", &mut counts);
+    let active = blocking(&sd, |sd| sd.property("app@1.service", "ActiveState")).await;
+    assert_eq!(active, "active");
+}
+
+/// Acceptance 6: SIGKILL of one instance under load: the socket stays, the
+/// sibling serves, systemd restarts the killed one; only connections the
+/// killed process held can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_costs_only_its_own_connections() {
+    if !can_boot("a_killed_instance_costs_only_its_own_connections") {
+        return;
+    }
+    let (sd, addr) = boot("");
+    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    let keep_alive = 50;
+    let new_conn = 50;
+    let load = Load::start(addr, "/", keep_alive, new_conn, PACE);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (old, restarted) = blocking(&sd, |sd| {
+        let old = main_pid(sd, "app@1.service");
+        sd.systemctl_ok(&["kill", "--signal=SIGKILL", "app@1.service"]);
+        // Restart=on-failure with RestartSec=1s brings it back; `start`
+        // waits for that queued job to finish, READY included.
+        let started = Instant::now();
+        loop {
+            let state = sd.property("app@1.service", "ActiveState");
+            let pid = main_pid(sd, "app@1.service");
+            if state == "active" && pid != old && pid != "0" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "not restarted");
+            // systemd restarts it after RestartSec; there is no job to wait
+            // on until then.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (old, main_pid(sd, "app@1.service"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut counts = load.stop().await;
+    println!(
+        "SIGKILL of app@1 (pid {old} -> {restarted}): {}",
+        counts.summary()
+    );
+    assert_eq!(counts.non_2xx(), 0, "{:?}", counts.by_status);
+    // Each client holds at most one connection, and only those on the killed
+    // process can fail; the rest of the traffic is served by the sibling.
+    assert!(
+        counts.error_count() <= (keep_alive + new_conn) as u64,
+        "more errors than connections the killed process could hold: {:?}",
+        counts.errors
+    );
+    let socket = blocking(&sd, |sd| sd.property("app.socket", "ActiveState")).await;
+    assert_eq!(socket, "active");
+}
+
+/// Acceptance 7: with only the socket started, the first request starts
+/// app@1 and is answered.
+#[test]
+fn the_first_request_starts_an_instance_on_demand() {
+    if !can_boot("the_first_request_starts_an_instance_on_demand") {
+        return;
+    }
+    let (sd, addr) = boot("");
+    sd.systemctl_ok(&["start", "app.socket"]);
+    assert_eq!(sd.property("app@1.service", "ActiveState"), "inactive");
+    let (status, body) = http_get(addr, "/version").unwrap();
     assert_eq!(status, 200, "{body}");
-    println!("{body}");
-    println!("{}", sd.journal(&["app@1.service"]));
+    assert!(body.contains("\"instance\":\"1\""), "{body}");
+    assert_eq!(sd.property("app@1.service", "ActiveState"), "active");
+    assert_eq!(sd.property("app@2.service", "ActiveState"), "inactive");
 }

@@ -96,11 +96,30 @@ pub async fn client(
     addr: SocketAddr,
     path: &'static str,
     mode: Mode,
+    stop: watch::Receiver<bool>,
+    max_requests: u64,
+) -> Counts {
+    paced_client(addr, path, mode, stop, max_requests, None).await
+}
+
+/// As [`client`], starting a request at most every `pace`. Pacing keeps the
+/// offered load fixed, so latency during a deploy compares honestly with
+/// steady state, and bounds how many loopback ports new connections use.
+pub async fn paced_client(
+    addr: SocketAddr,
+    path: &'static str,
+    mode: Mode,
     mut stop: watch::Receiver<bool>,
     max_requests: u64,
+    pace: Option<Duration>,
 ) -> Counts {
     let mut counts = Counts::default();
     let mut sent = 0;
+    let mut ticks = pace.map(|pace| {
+        let mut ticks = tokio::time::interval(pace);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     'connections: while !*stop.borrow() && sent < max_requests {
         let stream = match tokio::net::TcpStream::connect(addr).await {
             Ok(s) => s,
@@ -119,6 +138,9 @@ pub async fn client(
             };
         let conn = tokio::spawn(conn);
         loop {
+            if let Some(ticks) = ticks.as_mut() {
+                ticks.tick().await;
+            }
             if *stop.borrow() || sent >= max_requests {
                 break;
             }
@@ -205,4 +227,38 @@ pub async fn collect(mut set: tokio::task::JoinSet<Counts>) -> Counts {
         total.merge(counts.expect("a load client panicked"));
     }
     total
+}
+
+/// Load running in the background: paced keep-alive and new-connection clients.
+pub struct Load {
+    stop: watch::Sender<bool>,
+    clients: tokio::task::JoinSet<Counts>,
+}
+
+impl Load {
+    pub fn start(
+        addr: SocketAddr,
+        path: &'static str,
+        keep_alive: usize,
+        new_conn: usize,
+        pace: Duration,
+    ) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut clients = tokio::task::JoinSet::new();
+        for i in 0..keep_alive + new_conn {
+            let mode = if i < keep_alive {
+                Mode::KeepAlive
+            } else {
+                Mode::NewConnection
+            };
+            let stop = stop_rx.clone();
+            clients.spawn(paced_client(addr, path, mode, stop, u64::MAX, Some(pace)));
+        }
+        Self { stop, clients }
+    }
+
+    pub async fn stop(self) -> Counts {
+        let _ = self.stop.send(true);
+        collect(self.clients).await
+    }
 }

@@ -1,0 +1,300 @@
+//! The deploy verb: restart (or, config-only, reload) every running instance
+//! of the template one at a time, each waiting until systemd reports it ready
+//! (`Type=notify`: `systemctl restart` returns once `READY=1` arrives), and
+//! stop at the first failure, leaving the instances not yet reached serving
+//! the old version. Each step first clears the instance's start rate limit
+//! (`systemctl reset-failed`), which counts deliberate restarts too.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct RolloutArgs {
+    /// Reload the settings (SIGHUP via ExecReload=) instead of restarting
+    #[arg(long)]
+    pub config_only: bool,
+
+    /// The template whose instances to roll: NAME@.service
+    #[arg(long, default_value = "app", value_name = "NAME")]
+    pub template: String,
+
+    /// The systemctl to run (for tests and unusual systems)
+    #[arg(long, default_value = "systemctl", value_name = "PATH", hide = true)]
+    pub systemctl: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("cannot run {command}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed: {stderr}")]
+    Query { command: String, stderr: String },
+    #[error("no running instance of {0}@.service to roll out")]
+    NothingRunning(String),
+    #[error(
+        "{unit} did not become ready after {verb} ({state}); stopped the rollout, \
+         {untouched} left on the old version"
+    )]
+    Failed {
+        unit: String,
+        verb: &'static str,
+        state: String,
+        untouched: String,
+    },
+}
+
+/// What one step did, for the summary.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub unit: String,
+    pub took: Duration,
+    pub old_pid: String,
+    pub new_pid: String,
+}
+
+/// Runs the rollout, printing each step to `out`.
+pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, RolloutError> {
+    let systemctl = Systemctl(&args.systemctl);
+    let units = running_instances(&systemctl, &args.template)?;
+    if units.is_empty() {
+        return Err(RolloutError::NothingRunning(args.template.clone()));
+    }
+    let verb = if args.config_only {
+        "reload"
+    } else {
+        "restart"
+    };
+    let _ = writeln!(
+        out,
+        "rollout: {verb} {} one at a time: {}",
+        units.len(),
+        units.join(", ")
+    );
+    let started = Instant::now();
+    let mut steps = Vec::new();
+    for (i, unit) in units.iter().enumerate() {
+        let old_pid = systemctl.property(unit, "MainPID")?;
+        let _ = writeln!(out, "rollout: {verb} {unit} (pid {old_pid}) ...");
+        let step_started = Instant::now();
+        // A deliberate deploy is not a crash loop: clear the start rate limit
+        // (5 starts in 10 s by default) so repeated rollouts are not refused,
+        // while Restart=on-failure loops stay limited.
+        systemctl.call(&["reset-failed", unit])?;
+        let done = systemctl.call(&[verb, unit])?;
+        let took = step_started.elapsed();
+        let state = systemctl.state(unit)?;
+        if !done || !state.is_ready() {
+            let untouched = match &units[i + 1..] {
+                [] => "no other instance".to_owned(),
+                rest => rest.join(", "),
+            };
+            return Err(RolloutError::Failed {
+                unit: unit.clone(),
+                verb,
+                state: state.to_string(),
+                untouched,
+            });
+        }
+        let new_pid = systemctl.property(unit, "MainPID")?;
+        let _ = writeln!(
+            out,
+            "rollout: {unit} ready in {:.2}s (pid {old_pid} -> {new_pid})",
+            took.as_secs_f64()
+        );
+        steps.push(Step {
+            unit: unit.clone(),
+            took,
+            old_pid,
+            new_pid,
+        });
+    }
+    let _ = writeln!(
+        out,
+        "rollout: done, {} instances in {:.2}s",
+        steps.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(steps)
+}
+
+/// Instances that are running or trying to (a failed one is included, so a
+/// rollout of a fixed binary also repairs an earlier failed one), in
+/// instance order.
+fn running_instances(systemctl: &Systemctl, template: &str) -> Result<Vec<String>, RolloutError> {
+    let listing = systemctl.output(&[
+        "list-units",
+        "--type=service",
+        "--state=active,activating,reloading,failed",
+        "--plain",
+        "--no-legend",
+        "--no-pager",
+        &format!("{template}@*.service"),
+    ])?;
+    Ok(parse_instances(&listing, template))
+}
+
+/// The unit names in `systemctl list-units --plain --no-legend` output.
+pub fn parse_instances(listing: &str, template: &str) -> Vec<String> {
+    let prefix = format!("{template}@");
+    let mut units: Vec<String> = listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|unit| unit.starts_with(&prefix) && unit.ends_with(".service"))
+        .map(str::to_owned)
+        .collect();
+    // Numeric instances in numeric order (app@2 before app@10), others after.
+    units.sort_by_key(|unit| {
+        let instance = &unit[prefix.len()..unit.len() - ".service".len()];
+        (
+            instance.parse::<u64>().unwrap_or(u64::MAX),
+            instance.to_owned(),
+        )
+    });
+    units.dedup();
+    units
+}
+
+/// A unit's state after a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    pub active: String,
+    pub sub: String,
+    pub result: String,
+    pub exit_status: String,
+}
+
+impl UnitState {
+    fn is_ready(&self) -> bool {
+        self.active == "active" && self.sub == "running"
+    }
+}
+
+impl std::fmt::Display for UnitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "state {}/{}, result {}, exit status {}",
+            self.active, self.sub, self.result, self.exit_status
+        )
+    }
+}
+
+struct Systemctl<'a>(&'a str);
+
+impl Systemctl<'_> {
+    fn command(&self, args: &[&str]) -> (Command, String) {
+        let mut command = Command::new(self.0);
+        command.args(args);
+        (command, format!("{} {}", self.0, args.join(" ")))
+    }
+
+    /// Runs a job (restart, reload); true when systemctl says it succeeded.
+    /// Its own messages go to our stderr, where the operator sees them.
+    fn call(&self, args: &[&str]) -> Result<bool, RolloutError> {
+        let (mut command, text) = self.command(args);
+        command
+            .status()
+            .map(|s| s.success())
+            .map_err(|source| RolloutError::Spawn {
+                command: text,
+                source,
+            })
+    }
+
+    fn output(&self, args: &[&str]) -> Result<String, RolloutError> {
+        let (mut command, text) = self.command(args);
+        let out = command.output().map_err(|source| RolloutError::Spawn {
+            command: text.clone(),
+            source,
+        })?;
+        if !out.status.success() {
+            return Err(RolloutError::Query {
+                command: text,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn property(&self, unit: &str, name: &str) -> Result<String, RolloutError> {
+        Ok(self
+            .output(&["show", "-p", name, "--value", unit])?
+            .trim()
+            .to_owned())
+    }
+
+    fn state(&self, unit: &str) -> Result<UnitState, RolloutError> {
+        let text = self.output(&[
+            "show",
+            "-p",
+            "ActiveState,SubState,Result,ExecMainStatus",
+            unit,
+        ])?;
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .unwrap_or("")
+                .to_owned()
+        };
+        Ok(UnitState {
+            active: value("ActiveState"),
+            sub: value("SubState"),
+            result: value("Result"),
+            exit_status: value("ExecMainStatus"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_are_read_from_list_units_in_numeric_order() {
+        let listing = "\
+app@10.service loaded active running app instance 10
+app@2.service  loaded active running app instance 2
+app@blue.service loaded failed failed app instance blue
+app@1.service  loaded activating auto-restart app instance 1
+other@1.service loaded active running something else
+";
+        assert_eq!(
+            parse_instances(listing, "app"),
+            vec![
+                "app@1.service",
+                "app@2.service",
+                "app@10.service",
+                "app@blue.service"
+            ]
+        );
+        assert!(parse_instances("", "app").is_empty());
+    }
+
+    #[test]
+    fn failure_messages_name_the_instance_and_its_result() {
+        let err = RolloutError::Failed {
+            unit: "app@1.service".into(),
+            verb: "restart",
+            state: UnitState {
+                active: "activating".into(),
+                sub: "auto-restart".into(),
+                result: "exit-code".into(),
+                exit_status: "1".into(),
+            }
+            .to_string(),
+            untouched: "app@2.service".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "app@1.service did not become ready after restart (state activating/auto-restart, \
+             result exit-code, exit status 1); stopped the rollout, app@2.service left on the old version"
+        );
+    }
+}
