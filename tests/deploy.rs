@@ -492,6 +492,47 @@ async fn a_killed_instance_costs_only_its_own_connections() {
     assert_eq!(socket, "active");
 }
 
+/// The one-instance case: a restart leaves nobody to accept, so connections
+/// wait in the socket's queue. Nothing is lost; the figure is the added latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_restart_makes_connections_wait_not_fail() {
+    if !can_boot("one_instance_restart_makes_connections_wait_not_fail") {
+        return;
+    }
+    let (sd, addr) = boot("");
+    blocking(&sd, |sd| {
+        sd.systemctl_ok(&["start", "app.socket", "app@1.service"])
+    })
+    .await;
+    let load = Load::start(addr, "/", 25, 25, PACE);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut steady = load.stop().await;
+
+    let load = Load::start(addr, "/", 25, 25, PACE);
+    let mut restarts = Vec::new();
+    for _ in 0..5 {
+        let took = blocking(&sd, |sd| {
+            let started = Instant::now();
+            let (ok, output) = rollout(sd, "/usr/bin/app", &[]);
+            assert!(ok, "{output}");
+            started.elapsed()
+        })
+        .await;
+        restarts.push(took);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut during = load.stop().await;
+    println!("one instance, 5 restarts taking {restarts:?}");
+    assert_no_loss("one instance, steady", &mut steady);
+    assert_no_loss("one instance, through 5 restarts", &mut during);
+    println!(
+        "one instance: added latency at the worst moment of a restart: {:?} (max {:?} vs steady p50 {:?})",
+        during.quantile(1.0).saturating_sub(steady.quantile(0.5)),
+        during.quantile(1.0),
+        steady.quantile(0.5)
+    );
+}
+
 /// Acceptance 7: with only the socket started, the first request starts
 /// app@1 and is answered.
 #[test]
