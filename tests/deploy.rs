@@ -61,6 +61,11 @@ fn main_pid(sd: &SystemdBox, unit: &str) -> String {
     sd.property(unit, "MainPID")
 }
 
+/// The main pids of the two default instances.
+fn pids(sd: &SystemdBox) -> [String; 2] {
+    [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
+}
+
 /// Follows the journal of `unit` as JSON lines, from its first entry, so a
 /// line written before journalctl opened the journal is not missed.
 fn follow_journal(sd: &SystemdBox, unit: &str) -> Process {
@@ -203,10 +208,7 @@ async fn ten_rollouts_under_load_lose_nothing() {
     }
     let (sd, addr) = boot("");
     blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
-    let before = blocking(&sd, |sd| {
-        [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
-    })
-    .await;
+    let before = blocking(&sd, pids).await;
 
     let load = Load::start(addr, "/", KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
     // A measurement window, not a synchronisation: steady state to compare with.
@@ -228,10 +230,7 @@ async fn ten_rollouts_under_load_lose_nothing() {
     assert_no_loss("steady", &mut steady);
     assert_no_loss("during 10 rollouts", &mut during);
 
-    let after = blocking(&sd, |sd| {
-        [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
-    })
-    .await;
+    let after = blocking(&sd, pids).await;
     for (old, new) in before.iter().zip(&after) {
         assert_ne!(old, new, "an instance was not restarted");
     }
@@ -353,10 +352,7 @@ async fn connections_wait_while_every_instance_is_down() {
     }
     let (sd, addr) = boot("");
     blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
-    let before = blocking(&sd, |sd| {
-        [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
-    })
-    .await;
+    let before = blocking(&sd, pids).await;
     let load = Load::start(addr, "/", 20, 20, PACE);
     let started = Instant::now();
     let stop = blocking(&sd, |sd| {
@@ -375,10 +371,7 @@ async fn connections_wait_while_every_instance_is_down() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut counts = load.stop().await;
-    let after = blocking(&sd, |sd| {
-        [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
-    })
-    .await;
+    let after = blocking(&sd, pids).await;
     println!(
         "both instances stopped and started again in {outage:?} (stop: {})",
         if stop.status.success() {

@@ -288,7 +288,7 @@ async fn clients_sending_through_a_rolling_restart_see_no_errors() {
     let mut second = TestServer::on(&socket, Duration::from_secs(10));
     let addr = first.addr;
     let (stop_tx, stop) = watch::channel(false);
-    let clients = load::spawn_clients(addr, "/", 16, 8, &stop, 200_000);
+    let clients = load::spawn_clients(addr, "/", 16, 8, &stop, 200_000, None);
 
     let mut replacements = Vec::new();
     let mut old = first;

@@ -200,7 +200,7 @@ pub async fn paced_client(
 }
 
 /// Runs `keep_alive` keep-alive clients and `new_conn` new-connection clients
-/// until `stop` turns true, and merges their counts.
+/// until `stop` turns true; [`collect`] merges their counts.
 pub fn spawn_clients(
     addr: SocketAddr,
     path: &'static str,
@@ -208,6 +208,7 @@ pub fn spawn_clients(
     new_conn: usize,
     stop: &watch::Receiver<bool>,
     max_requests_each: u64,
+    pace: Option<Duration>,
 ) -> tokio::task::JoinSet<Counts> {
     let mut set = tokio::task::JoinSet::new();
     for i in 0..keep_alive + new_conn {
@@ -216,7 +217,15 @@ pub fn spawn_clients(
         } else {
             Mode::NewConnection
         };
-        set.spawn(client(addr, path, mode, stop.clone(), max_requests_each));
+        let stop = stop.clone();
+        set.spawn(paced_client(
+            addr,
+            path,
+            mode,
+            stop,
+            max_requests_each,
+            pace,
+        ));
     }
     set
 }
@@ -244,16 +253,15 @@ impl Load {
         pace: Duration,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let mut clients = tokio::task::JoinSet::new();
-        for i in 0..keep_alive + new_conn {
-            let mode = if i < keep_alive {
-                Mode::KeepAlive
-            } else {
-                Mode::NewConnection
-            };
-            let stop = stop_rx.clone();
-            clients.spawn(paced_client(addr, path, mode, stop, u64::MAX, Some(pace)));
-        }
+        let clients = spawn_clients(
+            addr,
+            path,
+            keep_alive,
+            new_conn,
+            &stop_rx,
+            u64::MAX,
+            Some(pace),
+        );
         Self { stop, clients }
     }
 
