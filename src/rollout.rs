@@ -20,10 +20,6 @@ pub struct RolloutArgs {
     /// The template whose instances to roll: NAME@.service
     #[arg(long, default_value = "app", value_name = "NAME")]
     pub template: String,
-
-    /// The systemctl to run (for tests and unusual systems)
-    #[arg(long, default_value = "systemctl", value_name = "PATH", hide = true)]
-    pub systemctl: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +57,7 @@ pub struct Step {
 
 /// Runs the rollout, printing each step to `out`.
 pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, RolloutError> {
-    let systemctl = Systemctl(&args.systemctl);
+    let systemctl = Systemctl;
     let units = running_instances(&systemctl, &args.template)?;
     if units.is_empty() {
         return Err(RolloutError::NothingRunning(args.template.clone()));
@@ -80,7 +76,7 @@ pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, Rollou
     let started = Instant::now();
     let mut steps = Vec::new();
     for (i, unit) in units.iter().enumerate() {
-        let old_pid = systemctl.property(unit, "MainPID")?;
+        let old_pid = systemctl.state(unit)?.main_pid;
         let _ = writeln!(out, "rollout: {verb} {unit} (pid {old_pid}) ...");
         let step_started = Instant::now();
         // A deliberate deploy is not a crash loop: clear the start rate limit
@@ -102,7 +98,7 @@ pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, Rollou
                 untouched,
             });
         }
-        let new_pid = systemctl.property(unit, "MainPID")?;
+        let new_pid = state.main_pid;
         let _ = writeln!(
             out,
             "rollout: {unit} ready in {:.2}s (pid {old_pid} -> {new_pid})",
@@ -168,6 +164,7 @@ pub struct UnitState {
     pub sub: String,
     pub result: String,
     pub exit_status: String,
+    pub main_pid: String,
 }
 
 impl UnitState {
@@ -186,13 +183,14 @@ impl std::fmt::Display for UnitState {
     }
 }
 
-struct Systemctl<'a>(&'a str);
+/// `systemctl` on the PATH, as the operator would run it.
+struct Systemctl;
 
-impl Systemctl<'_> {
+impl Systemctl {
     fn command(&self, args: &[&str]) -> (Command, String) {
-        let mut command = Command::new(self.0);
+        let mut command = Command::new("systemctl");
         command.args(args);
-        (command, format!("{} {}", self.0, args.join(" ")))
+        (command, format!("systemctl {}", args.join(" ")))
     }
 
     /// Runs a job (restart, reload); true when systemctl says it succeeded.
@@ -223,18 +221,11 @@ impl Systemctl<'_> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn property(&self, unit: &str, name: &str) -> Result<String, RolloutError> {
-        Ok(self
-            .output(&["show", "-p", name, "--value", unit])?
-            .trim()
-            .to_owned())
-    }
-
     fn state(&self, unit: &str) -> Result<UnitState, RolloutError> {
         let text = self.output(&[
             "show",
             "-p",
-            "ActiveState,SubState,Result,ExecMainStatus",
+            "ActiveState,SubState,Result,ExecMainStatus,MainPID",
             unit,
         ])?;
         let value = |key: &str| {
@@ -248,6 +239,7 @@ impl Systemctl<'_> {
             sub: value("SubState"),
             result: value("Result"),
             exit_status: value("ExecMainStatus"),
+            main_pid: value("MainPID"),
         })
     }
 }
@@ -287,6 +279,7 @@ other@1.service loaded active running something else
                 sub: "auto-restart".into(),
                 result: "exit-code".into(),
                 exit_status: "1".into(),
+                main_pid: "0".into(),
             }
             .to_string(),
             untouched: "app@2.service".into(),
