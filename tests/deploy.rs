@@ -146,11 +146,7 @@ fn the_service_unit_is_hardened() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/app@.service"))
         .output();
     let Ok(out) = out else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "systemd-analyze is missing"
-        );
-        eprintln!("SKIPPED the_service_unit_is_hardened: systemd-analyze is missing");
+        support::cannot_run("the_service_unit_is_hardened", "systemd-analyze is missing");
         return;
     };
     let text = String::from_utf8_lossy(&out.stdout);

@@ -18,11 +18,10 @@ const ACTIVATE: &str = "systemd-socket-activate";
 fn activate_available() -> bool {
     let found = Command::new(ACTIVATE).arg("--version").output().is_ok();
     if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{ACTIVATE} is not installed; CI must install systemd"
+        support::cannot_run(
+            "process tests",
+            &format!("{ACTIVATE} is not installed (apt-get install systemd)"),
         );
-        eprintln!("SKIPPED: {ACTIVATE} is not installed (apt-get install systemd)");
     }
     found
 }
