@@ -24,7 +24,14 @@ use handover::signals::Intents;
 /// Exit status: 0 after a clean drain, 1 on a start-up error, 2 on bad usage,
 /// 3 when the drain deadline cut connections, 4 when a second signal cut the drain.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_long_help = FILES_HELP,
+    disable_help_subcommand = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -32,10 +39,32 @@ struct Cli {
     serve: ServeArgs,
 }
 
+/// Where the packaged service keeps things; `app --help` and the man page show it.
+const FILES_HELP: &str = "\
+Every flag can also be set in the environment as APP_<FLAG> (APP_DRAIN_DEADLINE=5s) \
+or in the settings file as a key (drain_deadline = \"5s\").
+
+Installed from a package, the settings file is /etc/app/app.toml, and the units \
+app.socket, app@.service and app.target are in /usr/lib/systemd/system. \
+Deploy with `app rollout`; apply a changed settings file with `app rollout --config-only`.
+
+See also: systemctl(1), systemd.socket(5), journalctl(1).";
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Deploy: restart every running app@ instance one at a time, each once
     /// the previous one is ready; stop at the first that fails.
+    ///
+    /// Each step clears the instance's start rate limit (systemctl
+    /// reset-failed), restarts it (or reloads it, with --config-only), and
+    /// checks that it runs. Instances not yet reached keep serving the old
+    /// version when a step fails. Failed instances are included, so rolling
+    /// out a fixed release repairs them.
+    ///
+    /// Exit status: 0 when every instance is ready, 1 when one is not (the
+    /// message names it, its systemd result, and the instances left untouched)
+    /// or when none is running (unless --if-running).
+    #[command(long_about)]
     Rollout(RolloutArgs),
 }
 
@@ -84,4 +113,44 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Connections a forced exit abandons are not worth waiting for.
     runtime.shutdown_background();
     Ok(outcome.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The packages ship man pages rendered from this CLI. They are committed
+    /// (cargo-deb and cargo-generate-rpm copy files; they run no generator), so
+    /// this keeps them in step: `UPDATE_MAN=1 cargo test man_pages` rewrites them.
+    #[test]
+    fn man_pages_match_the_cli() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/man");
+        let app = Cli::command();
+        let rollout = app
+            .find_subcommand("rollout")
+            .expect("a rollout subcommand")
+            .clone()
+            .name("app-rollout")
+            .bin_name("app rollout")
+            .version(env!("CARGO_PKG_VERSION"));
+        let mut stale = Vec::new();
+        for (file, command) in [("app.1", app.clone()), ("app-rollout.1", rollout)] {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .expect("render a man page");
+            let path = dir.join(file);
+            if std::env::var_os("UPDATE_MAN").is_some() {
+                std::fs::write(&path, &page).expect("write the man page");
+            } else if std::fs::read(&path).ok().as_deref() != Some(page.as_slice()) {
+                stale.push(path.display().to_string());
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "man pages out of date with the CLI: {}; run `UPDATE_MAN=1 cargo test man_pages` and commit them",
+            stale.join(", ")
+        );
+    }
 }

@@ -20,6 +20,11 @@ pub struct RolloutArgs {
     /// The template whose instances to roll: NAME@.service
     #[arg(long, default_value = "app", value_name = "NAME")]
     pub template: String,
+
+    /// With no instance running, do nothing and succeed instead of failing.
+    /// Package upgrades use it: an upgrade starts nothing the administrator stopped
+    #[arg(long)]
+    pub if_running: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,14 @@ pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, Rollou
     let systemctl = Systemctl;
     let units = running_instances(&systemctl, &args.template)?;
     if units.is_empty() {
+        if args.if_running {
+            let _ = writeln!(
+                out,
+                "rollout: no {}@ instance is running; nothing to do",
+                args.template
+            );
+            return Ok(Vec::new());
+        }
         return Err(RolloutError::NothingRunning(args.template.clone()));
     }
     let verb = if args.config_only {

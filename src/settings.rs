@@ -412,4 +412,33 @@ mod tests {
         std::fs::write(&path, "idle_grace = \"never\"").unwrap();
         assert!(before.reload(&args).is_err());
     }
+
+    /// The packaged /etc/app/app.toml documents the defaults as commented-out
+    /// lines. As shipped it must parse (an instance must start on it), and
+    /// with every line uncommented it must still give the built-in defaults,
+    /// so its comments never drift from the code.
+    #[test]
+    fn the_packaged_settings_file_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/app.toml");
+        let shipped = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(file(&shipped).unwrap(), FileSettings::default());
+
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .filter(|line| {
+                line.starts_with(|c: char| c.is_ascii_lowercase()) && line.contains(" = ")
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let keys = uncommented.lines().count();
+        assert_eq!(
+            keys, 7,
+            "every setting but instance is shown:\n{uncommented}"
+        );
+        let from_file =
+            Settings::resolve(&ServeArgs::default(), &file(&uncommented).unwrap()).unwrap();
+        let defaults = Settings::resolve(&ServeArgs::default(), &FileSettings::default()).unwrap();
+        assert_eq!(from_file, defaults);
+    }
 }

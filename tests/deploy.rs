@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::load::{Counts, Load};
+use support::load::Load;
 use support::process::{Process, free_port, http_get};
+use support::service::{assert_no_loss, blocking, versions};
 use support::systemd::{Install, SystemdBox, can_boot};
 
 /// Each client starts a request at most this often.
@@ -33,15 +34,6 @@ fn boot_with(settings: &str, extra: &[(&str, &str)]) -> (Arc<SystemdBox>, Socket
 
 fn boot(settings: &str) -> (Arc<SystemdBox>, SocketAddr) {
     boot_with(settings, &[])
-}
-
-/// Runs a blocking box operation off the runtime, so load keeps flowing.
-async fn blocking<T: Send + 'static>(
-    sd: &Arc<SystemdBox>,
-    op: impl FnOnce(&SystemdBox) -> T + Send + 'static,
-) -> T {
-    let sd = sd.clone();
-    tokio::task::spawn_blocking(move || op(&sd)).await.unwrap()
 }
 
 /// `app rollout` inside the box: (success, output).
@@ -88,35 +80,6 @@ fn follow_journal(sd: &SystemdBox, unit: &str) -> Process {
         ],
         &[],
     )
-}
-
-fn assert_no_loss(phase: &str, counts: &mut Counts) {
-    println!("{phase}: {}", counts.summary());
-    assert_eq!(counts.error_count(), 0, "{phase}: {:?}", counts.errors);
-    assert_eq!(counts.non_2xx(), 0, "{phase}: {:?}", counts.by_status);
-    assert!(counts.ok() > 0, "{phase}: no traffic at all");
-}
-
-/// Asks `/version` until every instance has answered; returns (instance, pid).
-fn versions(addr: SocketAddr, instances: usize) -> Vec<(String, String)> {
-    let mut seen: Vec<(String, String)> = Vec::new();
-    for _ in 0..500 {
-        let (status, body) = http_get(addr, "/version").unwrap();
-        assert_eq!(status, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
-        let entry = (
-            v["instance"].as_str().unwrap().to_owned(),
-            v["pid"].to_string(),
-        );
-        if !seen.contains(&entry) {
-            seen.push(entry);
-        }
-        if seen.len() == instances {
-            break;
-        }
-    }
-    seen.sort();
-    seen
 }
 
 #[test]
@@ -191,7 +154,7 @@ fn units_verify_cleanly_and_two_instances_serve() {
         assert_eq!(sd.property(unit, "ActiveState"), "active");
     }
     let seen = versions(addr, 2);
-    let instances: Vec<&str> = seen.iter().map(|(i, _)| i.as_str()).collect();
+    let instances: Vec<&str> = seen.iter().map(|v| v.instance.as_str()).collect();
     assert_eq!(instances, ["1", "2"]);
 }
 
@@ -233,6 +196,7 @@ async fn ten_rollouts_under_load_lose_nothing() {
     let seen = tokio::task::spawn_blocking(move || versions(addr, 2))
         .await
         .unwrap();
+    let seen: Vec<(String, String)> = seen.into_iter().map(|v| (v.instance, v.pid)).collect();
     let expected = vec![
         ("1".to_owned(), after[0].clone()),
         ("2".to_owned(), after[1].clone()),

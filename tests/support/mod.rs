@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod packages;
 pub mod process;
 pub mod raw;
+pub mod service;
 pub mod systemd;
 
 /// A test that cannot run here: under CI that is a failure, never a silent

@@ -83,6 +83,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
 
     /// Reads one response with a Content-Length or chunked body.
     pub async fn response(&mut self) -> io::Result<RawResponse> {
+        let mut response = self.head().await?;
+        self.body(&mut response).await?;
+        Ok(response)
+    }
+
+    /// Reads a response's status line and headers only: for a streamed body,
+    /// proof that the server is serving the request.
+    pub async fn head(&mut self) -> io::Result<RawResponse> {
         let head_end = loop {
             if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
                 break pos;
@@ -107,11 +115,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
             .collect();
-        let mut response = RawResponse {
+        Ok(RawResponse {
             status,
             headers,
             body: Vec::new(),
-        };
+        })
+    }
+
+    /// Reads the body of a response whose head [`Self::head`] read.
+    pub async fn body(&mut self, response: &mut RawResponse) -> io::Result<()> {
         if let Some(len) = response.header("content-length") {
             let len: usize = len.parse().map_err(io::Error::other)?;
             while self.buf.len() < len {
@@ -123,7 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
         } else if response.header("transfer-encoding") == Some("chunked") {
             response.body = self.chunked().await?;
         }
-        Ok(response)
+        Ok(())
     }
 
     async fn chunked(&mut self) -> io::Result<Vec<u8>> {

@@ -79,6 +79,14 @@ impl Install {
         }
     }
 
+    /// Nothing of the project: for tests that install it from a package.
+    pub fn nothing() -> Self {
+        Self {
+            files: Vec::new(),
+            copies: Vec::new(),
+        }
+    }
+
     pub fn file(mut self, path: &str, contents: &str) -> Self {
         self.files.push((path.into(), contents.as_bytes().to_vec()));
         self

@@ -1,0 +1,33 @@
+# app %post: $1 is the number of app packages installed after this one: 1 on
+# install, 2 on upgrade. cargo-generate-rpm expands no macros, so this is the
+# plain shell that %systemd_post would have become, except on upgrade: there
+# the running instances roll to the new binary one at a time (app rollout),
+# where %systemd_postun_with_restart would restart them all at once.
+set -e
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+fi
+if [ "$1" -eq 1 ]; then
+    systemctl --quiet --no-reload enable app.socket app.target
+    if [ -d /run/systemd/system ]; then
+        # Returns once every instance app.target wants has started or failed
+        # (a target is ordered after the units it wants).
+        systemctl start app.socket app.target
+        not_running=""
+        for unit in $(systemctl show --property=Wants --value app.target); do
+            case "$unit" in
+            app@*.service)
+                systemctl --quiet is-active "$unit" || not_running="$not_running $unit"
+                ;;
+            esac
+        done
+        if [ -n "$not_running" ]; then
+            echo "app: not running after install:$not_running (see: journalctl -u 'app@*')" >&2
+            exit 1
+        fi
+    fi
+elif [ -d /run/systemd/system ]; then
+    # One instance at a time, each waiting for READY=1; stops with an error
+    # at the first that fails, leaving the rest on the old version.
+    app rollout --if-running
+fi

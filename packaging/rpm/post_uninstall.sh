@@ -1,0 +1,10 @@
+# app %postun: $1 is 0 on erase. The unit files are gone; tell systemd.
+if [ "$1" -eq 0 ]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+    fi
+    # cargo-generate-rpm packages files, not the directories holding them,
+    # so rpm leaves these behind. A modified settings file was kept as
+    # app.toml.rpmsave (rpm says so), and then /etc/app stays with it.
+    rmdir --ignore-fail-on-non-empty /etc/app /usr/share/doc/app /usr/share/licenses/app
+fi

@@ -1,0 +1,507 @@
+//! The `.deb` and `.rpm`: lint, scriptlets, and their whole lifecycle inside a
+//! booted systemd: install, upgrade under load, an upgrade whose new release
+//! cannot start, removal and purge. Each package manager runs the package's
+//! own scripts, as on a user's host.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::load::Load;
+use support::packages::{Built, packages};
+use support::process::free_port;
+use support::raw::{End, RawConn};
+use support::service::{Version, assert_no_loss, blocking, versions};
+use support::systemd::{Install, SystemdBox, can_boot};
+
+/// Each client starts a request at most this often.
+const PACE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Deb,
+    Rpm,
+}
+
+/// What a package manager command did.
+struct Step {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Format {
+    fn file(self, built: &Built) -> &std::path::Path {
+        match self {
+            Format::Deb => &built.deb,
+            Format::Rpm => &built.rpm,
+        }
+    }
+
+    /// Installs or upgrades to `inside` (a path in the box).
+    fn install(self, sd: &SystemdBox, inside: &str, upgrade: bool) -> Step {
+        match self {
+            Format::Deb => run(sd, "dpkg", &["-i", inside]),
+            // --nodeps: a Debian host's rpm database knows none of the
+            // libraries the package requires (libc and friends are dpkg's).
+            // --force-debian: Debian's rpm otherwise warns that it is not
+            // Debian's package manager.
+            Format::Rpm => {
+                let verb = if upgrade { "-U" } else { "-i" };
+                run(sd, "rpm", &[verb, "--force-debian", "--nodeps", inside])
+            }
+        }
+    }
+
+    fn remove(self, sd: &SystemdBox) -> Step {
+        match self {
+            Format::Deb => run(sd, "dpkg", &["-r", "app"]),
+            Format::Rpm => run(sd, "rpm", &["-e", "--force-debian", "--nodeps", "app"]),
+        }
+    }
+
+    /// dpkg's purge; rpm has none (erasing removes an unmodified config file).
+    fn purge(self, sd: &SystemdBox) -> Option<Step> {
+        match self {
+            Format::Deb => Some(run(sd, "dpkg", &["-P", "app"])),
+            Format::Rpm => None,
+        }
+    }
+}
+
+fn run(sd: &SystemdBox, program: &str, args: &[&str]) -> Step {
+    let out = sd.run(program, args);
+    Step {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The step succeeded and printed no error or warning. stderr may carry
+/// only systemctl's notes on enabling and disabling units ("Created symlink
+/// …", "Removed …"), which every Debian service package prints when
+/// deb-systemd-helper enables it (through `systemctl preset`).
+fn assert_clean(what: &str, step: &Step, sd: &SystemdBox) {
+    println!("{what}:\n{}{}", step.stdout, step.stderr);
+    let unexpected: Vec<&str> = step
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("Created symlink ") && !l.starts_with("Removed "))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        step.ok && unexpected.is_empty(),
+        "{what}: ok={} stderr:\n{}\nstdout:\n{}\njournal:\n{}",
+        step.ok,
+        step.stderr,
+        step.stdout,
+        sd.journal(&[])
+    );
+}
+
+/// A box with nothing of ours installed, the socket moved to a free port by a
+/// drop-in written before the package arrives (as an administrator would
+/// with `systemctl edit app.socket`), and the packages copied in.
+fn boot(format: Format, builds: &[&Built]) -> (Arc<SystemdBox>, SocketAddr, Vec<String>) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let install = Install::nothing().file(
+        "/etc/systemd/system/app.socket.d/listen.conf",
+        &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
+    );
+    let sd = SystemdBox::boot(install);
+    let inside = builds
+        .iter()
+        .map(|built| {
+            let file = format.file(built);
+            let inside = format!("/root/{}", file.file_name().unwrap().to_str().unwrap());
+            sd.copy_in(file, &inside);
+            inside
+        })
+        .collect();
+    (Arc::new(sd), addr, inside)
+}
+
+/// Both default instances answer `/version` with `version`.
+fn assert_serving(addr: SocketAddr, version: &str) -> Vec<Version> {
+    let seen = versions(addr, 2);
+    let instances: Vec<&str> = seen.iter().map(|v| v.instance.as_str()).collect();
+    assert_eq!(instances, ["1", "2"], "{seen:?}");
+    for v in &seen {
+        assert_eq!(v.version, version, "{seen:?}");
+    }
+    seen
+}
+
+fn invocation(sd: &SystemdBox, unit: &str) -> String {
+    sd.property(unit, "InvocationID")
+}
+
+/// Install, upgrade under load, remove, purge.
+async fn lifecycle(format: Format, test: &str) {
+    if !can_boot(test) {
+        return;
+    }
+    let Some(packages) = packages(test) else {
+        return;
+    };
+    let (sd, addr, files) = boot(format, &[&packages.current, &packages.next]);
+    let (current, next) = (files[0].clone(), files[1].clone());
+
+    // Install: enabled, started, answering as soon as the command returns.
+    let step = blocking(&sd, move |sd| format.install(sd, &current, false)).await;
+    assert_clean("install", &step, &sd);
+    let before = tokio::task::spawn_blocking({
+        let version = packages.current.version.clone();
+        move || assert_serving(addr, &version)
+    })
+    .await
+    .unwrap();
+    for unit in ["app.socket", "app.target"] {
+        assert_eq!(sd.property(unit, "UnitFileState"), "enabled", "{unit}");
+        assert_eq!(sd.property(unit, "ActiveState"), "active", "{unit}");
+    }
+    let socket_before = invocation(&sd, "app.socket");
+
+    // Upgrade under load: a rolling restart, nothing lost, the socket kept.
+    let load = Load::start(addr, "/", 50, 50, PACE);
+    let started = Instant::now();
+    let step = blocking(&sd, move |sd| format.install(sd, &next, true)).await;
+    let took = started.elapsed();
+    let mut during = load.stop().await;
+    assert_clean("upgrade", &step, &sd);
+    println!("upgrade took {took:?}");
+    assert!(
+        step.stdout.contains("rollout: done, 2 instances"),
+        "the upgrade did not roll the instances:\n{}",
+        step.stdout
+    );
+    assert_no_loss("during the upgrade", &mut during);
+    let after = tokio::task::spawn_blocking({
+        let version = packages.next.version.clone();
+        move || assert_serving(addr, &version)
+    })
+    .await
+    .unwrap();
+    for (old, new) in before.iter().zip(&after) {
+        assert_ne!(
+            old.pid, new.pid,
+            "instance {} was not restarted",
+            old.instance
+        );
+    }
+    assert_eq!(
+        invocation(&sd, "app.socket"),
+        socket_before,
+        "the upgrade restarted app.socket"
+    );
+
+    // Remove: a stream in flight on an instance ends cleanly when it drains.
+    let mut stream = RawConn::connect(addr).await.unwrap();
+    stream
+        .send(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = stream.head().await.unwrap();
+    assert_eq!(response.status, 200);
+    let step = blocking(&sd, move |sd| format.remove(sd)).await;
+    assert_clean("remove", &step, &sd);
+    stream.body(&mut response).await.unwrap();
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(body.ends_with(": draining, reconnect\n\n"), "{body:?}");
+    assert_eq!(stream.end().await.unwrap(), End::Eof);
+    let journal = sd.journal(&["app@1.service", "app@2.service"]);
+    assert_eq!(
+        journal.matches("drain finished").count(),
+        // Once per instance at the upgrade, once at the removal.
+        4,
+        "each instance drains cleanly on upgrade and removal:\n{journal}"
+    );
+    assert_nothing_left(&sd, addr, "after remove");
+
+    if let Some(step) = blocking(&sd, move |sd| format.purge(sd)).await {
+        assert_clean("purge", &step, &sd);
+    }
+    assert_nothing_left(&sd, addr, "after purge");
+    assert_no_trace(&sd);
+}
+
+/// Nothing runs and nothing listens.
+fn assert_nothing_left(sd: &SystemdBox, addr: SocketAddr, when: &str) {
+    let units = sd.systemctl_ok(&[
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "--state=active,activating,deactivating,reloading",
+        "app*",
+    ]);
+    assert!(units.trim().is_empty(), "{when}: still running:\n{units}");
+    let processes = sd.run("pgrep", &["-a", "-x", "app"]);
+    assert!(
+        !processes.status.success(),
+        "{when}: app processes left: {}",
+        String::from_utf8_lossy(&processes.stdout)
+    );
+    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+    assert!(refused.is_err(), "{when}: {addr} still accepts connections");
+}
+
+/// No file of the package, enablement link, mask or configuration remains.
+/// The administrator's own drop-in (app.socket.d) is theirs to remove.
+fn assert_no_trace(sd: &SystemdBox) {
+    // Exits 1 when nothing matches, which is what we want to see.
+    let out = sd.systemctl(&["list-unit-files", "--plain", "--no-legend", "app*"]);
+    let files = String::from_utf8_lossy(&out.stdout);
+    assert!(files.trim().is_empty(), "unit files left:\n{files}");
+    let owned = [
+        "/etc/app",
+        "/usr/bin/app",
+        "/usr/lib/systemd/system/app.socket",
+        "/usr/lib/systemd/system/app@.service",
+        "/usr/lib/systemd/system/app.target",
+        "/usr/share/doc/app",
+        "/usr/share/licenses/app",
+        "/usr/share/man/man1/app.1.gz",
+        "/usr/share/man/man1/app.1",
+        "/usr/share/man/man1/app-rollout.1.gz",
+        "/usr/share/man/man1/app-rollout.1",
+        "/usr/share/lintian/overrides/app",
+    ];
+    let left: Vec<&str> = owned
+        .into_iter()
+        .filter(|p| sd.run("test", &["-e", p]).status.success())
+        .collect();
+    assert!(left.is_empty(), "package files left: {left:?}");
+    // Enablement symlinks, masks, and deb-systemd-helper's state.
+    let find = sd.run(
+        "find",
+        &[
+            "/etc/systemd/system",
+            "/var/lib/systemd",
+            "(",
+            "-name",
+            "app.socket*",
+            "-o",
+            "-name",
+            "app.target*",
+            "-o",
+            "-name",
+            "app@*",
+            ")",
+            "-not",
+            "-name",
+            "app.socket.d",
+            "-not",
+            "-path",
+            "*/app.socket.d/*",
+        ],
+    );
+    let links = String::from_utf8_lossy(&find.stdout);
+    assert!(links.trim().is_empty(), "left behind:\n{links}");
+}
+
+/// An upgrade to a release that cannot start: the package manager fails,
+/// the rollout stops at the first instance, the other keeps serving the old
+/// version with nothing lost, the socket stays up; a fixed release then
+/// rolls out over it.
+async fn broken_upgrade(format: Format, test: &str) {
+    if !can_boot(test) {
+        return;
+    }
+    let Some(packages) = packages(test) else {
+        return;
+    };
+    let builds = [&packages.current, &packages.broken, &packages.next];
+    let (sd, addr, files) = boot(format, &builds);
+    let [current, broken, next] = [files[0].clone(), files[1].clone(), files[2].clone()];
+
+    let step = blocking(&sd, move |sd| format.install(sd, &current, false)).await;
+    assert_clean("install", &step, &sd);
+    let socket_before = invocation(&sd, "app.socket");
+
+    let load = Load::start(addr, "/", 50, 50, PACE);
+    let step = blocking(&sd, move |sd| format.install(sd, &broken, true)).await;
+    println!(
+        "broken upgrade:\n{}{}",
+        step.stdout.trim_end(),
+        step.stderr.trim_end()
+    );
+    let said = format!("{}{}", step.stdout, step.stderr);
+    match format {
+        Format::Deb => assert!(!step.ok, "dpkg reported success:\n{said}"),
+        // rpm reports a failed %post as a warning and still exits 0 (and
+        // dnf, as "Error in POSTIN scriptlet"): its way of saying so.
+        Format::Rpm => assert!(
+            step.stderr.contains("warning: %post(app-") && step.stderr.contains("scriptlet failed"),
+            "rpm did not report the failed %post:\n{said}"
+        ),
+    }
+    assert!(
+        said.contains("app@1.service did not become ready")
+            && said.contains("app@2.service left on the old version"),
+        "{said}"
+    );
+    // The old release keeps serving while app@1 fails and retries. Wait for
+    // more automatic restarts than systemd's default start limit allows (5
+    // in 10 s): under that limit app.socket itself would fail.
+    let restarts = blocking(&sd, |sd| wait_for_restarts(sd, "app@1.service", 6)).await;
+    println!("app@1 restarted {restarts} times while app@2 served");
+    let mut during = load.stop().await;
+    assert_no_loss("during and after the broken upgrade", &mut during);
+    let current_version = packages.current.version.clone();
+    let serving = tokio::task::spawn_blocking(move || versions(addr, 1))
+        .await
+        .unwrap();
+    assert_eq!(serving.len(), 1, "{serving:?}");
+    assert_eq!(serving[0].instance, "2");
+    assert_eq!(serving[0].version, current_version);
+    assert_eq!(sd.property("app.socket", "ActiveState"), "active");
+    assert_eq!(invocation(&sd, "app.socket"), socket_before);
+
+    // The fix: the next release repairs app@1 and rolls app@2.
+    let load = Load::start(addr, "/", 50, 50, PACE);
+    let step = blocking(&sd, move |sd| format.install(sd, &next, true)).await;
+    let mut during = load.stop().await;
+    assert_clean("fixed upgrade", &step, &sd);
+    assert_no_loss("during the fixed upgrade", &mut during);
+    let version = packages.next.version.clone();
+    tokio::task::spawn_blocking(move || assert_serving(addr, &version))
+        .await
+        .unwrap();
+    assert_eq!(invocation(&sd, "app.socket"), socket_before);
+}
+
+/// Polls the unit's automatic restart count until it reaches `at_least`.
+fn wait_for_restarts(sd: &SystemdBox, unit: &str, at_least: u32) -> u32 {
+    let started = Instant::now();
+    loop {
+        let restarts: u32 = sd.property(unit, "NRestarts").parse().unwrap_or(0);
+        if restarts >= at_least {
+            return restarts;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{unit} restarted only {restarts} times in 60 s"
+        );
+        // systemd signals no event for "restarted again" short of D-Bus.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deb_installs_upgrades_without_loss_and_removes_cleanly() {
+    lifecycle(
+        Format::Deb,
+        "deb_installs_upgrades_without_loss_and_removes_cleanly",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_installs_upgrades_without_loss_and_removes_cleanly() {
+    lifecycle(
+        Format::Rpm,
+        "rpm_installs_upgrades_without_loss_and_removes_cleanly",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deb_upgrade_to_a_release_that_cannot_start_keeps_the_old_one_serving() {
+    broken_upgrade(
+        Format::Deb,
+        "deb_upgrade_to_a_release_that_cannot_start_keeps_the_old_one_serving",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_upgrade_to_a_release_that_cannot_start_keeps_the_old_one_serving() {
+    broken_upgrade(
+        Format::Rpm,
+        "rpm_upgrade_to_a_release_that_cannot_start_keeps_the_old_one_serving",
+    )
+    .await;
+}
+
+#[test]
+fn deb_passes_lintian() {
+    let test = "deb_passes_lintian";
+    let Some(packages) = packages(test) else {
+        return;
+    };
+    let out = std::process::Command::new("lintian")
+        .args([
+            "--pedantic",
+            "--info",
+            "--show-overrides",
+            "--no-tag-display-limit",
+        ])
+        .arg(&packages.current.deb)
+        .output();
+    let Ok(out) = out else {
+        support::cannot_run(test, "lintian is not installed (.ci/run installs it)");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("lintian:\n{text}");
+    // E: error, W: warning, I: info, P: pedantic, X: experimental; O: is a
+    // tag the package overrides, each with its reason in lintian-overrides.
+    let unexplained: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["E:", "W:", "I:", "P:", "X:"]
+                .iter()
+                .any(|t| l.starts_with(t))
+        })
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "lintian tags without an override:\n{}",
+        unexplained.join("\n")
+    );
+    assert!(
+        out.status.success(),
+        "lintian failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rpm -qp --scripts` shows the scriptlets as rpm will run them: our shell,
+/// with no unexpanded macro (cargo-generate-rpm expands none).
+#[test]
+fn rpm_scriptlets_are_the_packaged_shell() {
+    let Some(packages) = packages("rpm_scriptlets_are_the_packaged_shell") else {
+        return;
+    };
+    let out = std::process::Command::new("rpm")
+        .args(["-qp", "--scripts"])
+        .arg(&packages.current.rpm)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (header, file) in [
+        ("postinstall scriptlet", "post_install.sh"),
+        ("preuninstall scriptlet", "pre_uninstall.sh"),
+        ("postuninstall scriptlet", "post_uninstall.sh"),
+    ] {
+        let script = std::fs::read_to_string(format!(
+            "{}/packaging/rpm/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let section = text
+            .split(header)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {header} in:\n{text}"));
+        assert!(
+            section.contains(script.trim()),
+            "{header} is not packaging/rpm/{file}"
+        );
+    }
+    assert!(!text.contains("%{"), "an unexpanded macro:\n{text}");
+}

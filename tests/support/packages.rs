@@ -1,0 +1,202 @@
+//! The `.deb` and `.rpm` of this tree, built once per test run with the
+//! README's commands (`cargo deb`; `cargo build --release && cargo
+//! generate-rpm`), and of two copies of the tree with higher versions: one
+//! good, for an upgrade, and one whose binary fails to start, for an upgrade
+//! that must stop and leave the old version serving.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// One build of the tree.
+pub struct Built {
+    /// The Cargo version, which `/version` reports.
+    pub version: String,
+    pub deb: PathBuf,
+    pub rpm: PathBuf,
+}
+
+pub struct Packages {
+    /// This tree as it is.
+    pub current: Built,
+    /// The next patch version: the same code, a higher version.
+    pub next: Built,
+    /// Between the two: a release that exits at start-up.
+    pub broken: Built,
+}
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// What the package tests need installed, or why they cannot run.
+fn missing_tool() -> Option<String> {
+    let checks: [(&str, &[&str]); 4] = [
+        ("cargo-deb", &["cargo", "deb", "--version"]),
+        (
+            "cargo-generate-rpm",
+            &["cargo", "generate-rpm", "--version"],
+        ),
+        ("dpkg-deb", &["dpkg-deb", "--version"]),
+        ("rpm", &["rpm", "--version"]),
+    ];
+    for (name, argv) in checks {
+        let ok = Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            return Some(format!("{name} is not installed (.ci/run installs it)"));
+        }
+    }
+    None
+}
+
+/// The packages, building them on first use; `None` (after the CI-aware
+/// skip message) when the tools are missing. A build failure fails the test.
+pub fn packages(test: &str) -> Option<&'static Packages> {
+    if let Some(reason) = missing_tool() {
+        super::cannot_run(test, &reason);
+        return None;
+    }
+    static BUILT: OnceLock<Result<Packages, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_all) {
+        Ok(packages) => Some(packages),
+        Err(err) => panic!("cannot build the packages: {err}"),
+    }
+}
+
+fn build_all() -> Result<Packages, String> {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
+    // One target directory for every tree: dependencies build once, and the
+    // developer's own target/release is left alone.
+    let target = root.join("target");
+    let version = package_version(
+        &std::fs::read_to_string(Path::new(MANIFEST_DIR).join("Cargo.toml"))
+            .map_err(|e| e.to_string())?,
+    )?;
+    let current = build(
+        Path::new(MANIFEST_DIR),
+        &target,
+        &root.join("out/current"),
+        &version,
+    )?;
+
+    let broken_version = bump(&version, 1)?;
+    let tree = copy_tree(&root.join("tree-broken"), &broken_version)?;
+    let main = tree.join("src/main.rs");
+    let source = std::fs::read_to_string(&main).map_err(|e| e.to_string())?;
+    let serve = "fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {";
+    if !source.contains(serve) {
+        return Err(format!("src/main.rs has no `{serve}` to break"));
+    }
+    let broken_source = source.replace(
+        serve,
+        &format!(
+            "{serve}\n    anyhow::bail!(\"this release is broken on purpose (package tests)\");"
+        ),
+    );
+    std::fs::write(&main, broken_source).map_err(|e| e.to_string())?;
+    let broken = build(&tree, &target, &root.join("out/broken"), &broken_version)?;
+
+    let next_version = bump(&version, 2)?;
+    let tree = copy_tree(&root.join("tree-next"), &next_version)?;
+    let next = build(&tree, &target, &root.join("out/next"), &next_version)?;
+    Ok(Packages {
+        current,
+        next,
+        broken,
+    })
+}
+
+/// `version = "…"` of the [package] table (the first one in the file).
+fn package_version(manifest: &str) -> Result<String, String> {
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .map(str::to_owned)
+        .ok_or_else(|| "no version in Cargo.toml".into())
+}
+
+/// The version with its patch number raised by `by`.
+fn bump(version: &str, by: u64) -> Result<String, String> {
+    let (head, patch) = version
+        .rsplit_once('.')
+        .ok_or_else(|| format!("version {version} is not MAJOR.MINOR.PATCH"))?;
+    let patch: u64 = patch
+        .parse()
+        .map_err(|_| format!("version {version} has a non-numeric patch"))?;
+    Ok(format!("{head}.{}", patch + by))
+}
+
+/// A copy of what the packages are built from, at `version`.
+fn copy_tree(dest: &Path, version: &str) -> Result<PathBuf, String> {
+    let _ = std::fs::remove_dir_all(dest);
+    std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
+    let items = [
+        "Cargo.toml",
+        "Cargo.lock",
+        "README.md",
+        "src",
+        "systemd",
+        "packaging",
+        "benches",
+    ];
+    let status = Command::new("cp")
+        .arg("-a")
+        .args(items.iter().map(|i| Path::new(MANIFEST_DIR).join(i)))
+        .arg(dest)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !status.success() {
+        return Err(format!("cp -a {items:?} {} failed", dest.display()));
+    }
+    let manifest = dest.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).map_err(|e| e.to_string())?;
+    let old = package_version(&text)?;
+    let text = text.replacen(
+        &format!("version = \"{old}\""),
+        &format!("version = \"{version}\""),
+        1,
+    );
+    std::fs::write(&manifest, text).map_err(|e| e.to_string())?;
+    Ok(dest.to_owned())
+}
+
+/// `cargo deb`, then `cargo generate-rpm` on the binary it built.
+fn build(tree: &Path, target: &Path, out: &Path, version: &str) -> Result<Built, String> {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    run(tree, target, &["deb", "--output"], out)?;
+    run(tree, target, &["generate-rpm", "--output"], out)?;
+    let find = |ext: &str| -> Result<PathBuf, String> {
+        std::fs::read_dir(out)
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == ext))
+            .ok_or_else(|| format!("no .{ext} in {}", out.display()))
+    };
+    Ok(Built {
+        version: version.to_owned(),
+        deb: find("deb")?,
+        rpm: find("rpm")?,
+    })
+}
+
+fn run(tree: &Path, target: &Path, args: &[&str], out: &Path) -> Result<(), String> {
+    let output = Command::new("cargo")
+        .args(args)
+        .arg(out)
+        .current_dir(tree)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .map_err(|e| format!("cargo {args:?}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo {args:?} in {} failed:\n{}",
+            tree.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(())
+}
