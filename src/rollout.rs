@@ -2,8 +2,10 @@
 //! of the template one at a time, each waiting until systemd reports it ready
 //! (`Type=notify`: `systemctl restart` returns once `READY=1` arrives), and
 //! stop at the first failure, leaving the instances not yet reached serving
-//! the old version. Each step first clears the instance's start rate limit
-//! (`systemctl reset-failed`), which counts deliberate restarts too.
+//! the old version. Each step first clears the instance's failed state and
+//! start rate limit (`systemctl reset-failed`): app@.service sets no limit,
+//! but a template of the user's own (`--template`) may keep systemd's
+//! default, which counts deliberate restarts too.
 
 use std::io::Write;
 use std::process::Command;
@@ -92,9 +94,9 @@ pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, Rollou
         let old_pid = systemctl.state(unit)?.main_pid;
         let _ = writeln!(out, "rollout: {verb} {unit} (pid {old_pid}) ...");
         let step_started = Instant::now();
-        // A deliberate deploy is not a crash loop: clear the start rate limit
-        // (5 starts in 10 s by default) so repeated rollouts are not refused,
-        // while Restart=on-failure loops stay limited.
+        // A deliberate deploy is not a crash loop: clear a failed state and
+        // any start rate limit (5 starts in 10 s, where a unit keeps
+        // systemd's default) so repeated rollouts are not refused.
         systemctl.call(&["reset-failed", unit])?;
         let done = systemctl.call(&[verb, unit])?;
         let took = step_started.elapsed();

@@ -502,3 +502,27 @@ fn the_first_request_starts_an_instance_on_demand() {
     assert_eq!(sd.property("app@1.service", "ActiveState"), "active");
     assert_eq!(sd.property("app@2.service", "ActiveState"), "inactive");
 }
+
+/// With nothing running, a rollout fails and says so, unless asked to accept
+/// that (`--if-running`, what package upgrades use: they start nothing the
+/// administrator stopped).
+#[test]
+fn a_rollout_with_nothing_running_fails_unless_told_it_may() {
+    if !can_boot("a_rollout_with_nothing_running_fails_unless_told_it_may") {
+        return;
+    }
+    let (sd, _addr) = boot("");
+    let (ok, output) = rollout(&sd, "/usr/bin/app", &[]);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("app: error: no running instance of app@.service to roll out"),
+        "{output}"
+    );
+    let (ok, output) = rollout(&sd, "/usr/bin/app", &["--if-running"]);
+    assert!(ok, "{output}");
+    assert_eq!(
+        output.trim(),
+        "rollout: no app@ instance is running; nothing to do"
+    );
+    assert_eq!(sd.property("app@1.service", "ActiveState"), "inactive");
+}

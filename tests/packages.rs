@@ -329,16 +329,7 @@ async fn broken_upgrade(format: Format, test: &str) {
         step.stdout.trim_end(),
         step.stderr.trim_end()
     );
-    let said = format!("{}{}", step.stdout, step.stderr);
-    match format {
-        Format::Deb => assert!(!step.ok, "dpkg reported success:\n{said}"),
-        // rpm reports a failed %post as a warning and still exits 0 (and
-        // dnf, as "Error in POSTIN scriptlet"): its way of saying so.
-        Format::Rpm => assert!(
-            step.stderr.contains("warning: %post(app-") && step.stderr.contains("scriptlet failed"),
-            "rpm did not report the failed %post:\n{said}"
-        ),
-    }
+    let said = assert_reported_failure(format, &step);
     assert!(
         said.contains("app@1.service did not become ready")
             && said.contains("app@2.service left on the old version"),
@@ -372,6 +363,46 @@ async fn broken_upgrade(format: Format, test: &str) {
         .await
         .unwrap();
     assert_eq!(invocation(&sd, "app.socket"), socket_before);
+}
+
+/// The package manager said the step failed; returns all it printed.
+fn assert_reported_failure(format: Format, step: &Step) -> String {
+    let said = format!("{}{}", step.stdout, step.stderr);
+    match format {
+        Format::Deb => assert!(!step.ok, "dpkg reported success:\n{said}"),
+        // rpm reports a failed %post as a warning and still exits 0 (dnf:
+        // "Error in POSTIN scriptlet"); that warning is its way of saying so.
+        Format::Rpm => assert!(
+            step.stderr.contains("warning: %post(app-") && step.stderr.contains("scriptlet failed"),
+            "rpm did not report the failed %post:\n{said}"
+        ),
+    }
+    said
+}
+
+/// Installing a release whose instances cannot start says so, naming them,
+/// instead of reporting a service that answers nothing.
+async fn broken_install(format: Format, test: &str) {
+    if !can_boot(test) {
+        return;
+    }
+    let Some(packages) = packages(test) else {
+        return;
+    };
+    let (sd, _addr, files) = boot(format, &[&packages.broken]);
+    let broken = files[0].clone();
+    let step = blocking(&sd, move |sd| format.install(sd, &broken, false)).await;
+    let said = assert_reported_failure(format, &step);
+    println!("broken install:\n{said}");
+    // In systemd's order of app.target's Wants=, which is not sorted.
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("app: not running after install:"))
+        .unwrap_or_else(|| panic!("no line naming the instances:\n{said}"));
+    assert!(
+        line.contains(" app@1.service") && line.contains(" app@2.service"),
+        "{line}"
+    );
 }
 
 /// Polls the unit's automatic restart count until it reaches `at_least`.
@@ -427,6 +458,24 @@ async fn rpm_upgrade_to_a_release_that_cannot_start_keeps_the_old_one_serving() 
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deb_install_of_a_release_that_cannot_start_fails_naming_the_instances() {
+    broken_install(
+        Format::Deb,
+        "deb_install_of_a_release_that_cannot_start_fails_naming_the_instances",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_install_of_a_release_that_cannot_start_fails_naming_the_instances() {
+    broken_install(
+        Format::Rpm,
+        "rpm_install_of_a_release_that_cannot_start_fails_naming_the_instances",
+    )
+    .await;
+}
+
 #[test]
 fn deb_passes_lintian() {
     let test = "deb_passes_lintian";
@@ -436,7 +485,8 @@ fn deb_passes_lintian() {
     let out = std::process::Command::new("lintian")
         .args([
             "--pedantic",
-            "--info",
+            "--display-info",
+            "--display-experimental",
             "--show-overrides",
             "--no-tag-display-limit",
         ])
