@@ -20,12 +20,13 @@
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::header::{CONNECTION, HeaderValue};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -112,34 +113,75 @@ impl Activity {
 
 /// Activity shared by the IO wrapper, the service wrapper and the response
 /// bodies of one connection, all of which run inside its task.
+///
+/// The serving loop sleeps until the connection's close time, but never
+/// longer than the header timeout, and is woken early only when activity
+/// brings the close time before its timer (the drain's grace, say). A
+/// request head starting, a request in flight, a response finished: none
+/// of them does, so a busy keep-alive connection costs one timer check per
+/// header timeout instead of several wake-ups per request. When the timer
+/// fires the loop recomputes the close time, closes if it has come, and
+/// sleeps again if it has moved.
 struct Shared {
-    activity: Mutex<Activity>,
+    state: Mutex<State>,
     changed: Notify,
 }
 
+struct State {
+    activity: Activity,
+    /// What the loop last saw of the settings and the drain.
+    timeouts: ConnectionTimeouts,
+    drain_started: Option<Instant>,
+    /// When the loop's timer fires; `None` when it armed none.
+    armed: Option<Instant>,
+}
+
+impl State {
+    fn close_at(&self) -> Option<(Instant, CloseReason)> {
+        self.activity.close_at(&self.timeouts, self.drain_started)
+    }
+
+    /// Whether the close is now due before the loop's timer would fire.
+    fn needs_wake(&self) -> bool {
+        match (self.close_at(), self.armed) {
+            (Some((at, _)), Some(armed)) => at < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Activity> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // The lock guards plain data and no code panics while holding it.
-        self.activity.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `change` and wakes the loop if the close is now due sooner.
+    fn update(&self, change: impl FnOnce(&mut Activity)) {
+        let mut state = self.lock();
+        change(&mut state.activity);
+        let wake = state.needs_wake();
+        drop(state);
+        if wake {
+            self.changed.notify_one();
+        }
     }
 
     fn request_started(self: &Arc<Self>) -> InFlight {
-        {
-            let mut activity = self.lock();
+        self.update(|activity| {
             activity.in_flight += 1;
             activity.head_started = None;
-        }
-        self.changed.notify_one();
+        });
         InFlight(self.clone())
     }
 
     fn bytes_arrived(&self) {
-        let mut activity = self.lock();
-        if activity.in_flight == 0 && activity.head_started.is_none() {
-            activity.head_started = Some(Instant::now());
-            drop(activity);
-            self.changed.notify_one();
-        }
+        self.update(|activity| {
+            if activity.in_flight == 0 && activity.head_started.is_none() {
+                activity.head_started = Some(Instant::now());
+            }
+        });
     }
 }
 
@@ -148,14 +190,12 @@ struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        {
-            let mut activity = self.0.lock();
+        self.0.update(|activity| {
             activity.in_flight -= 1;
             if activity.in_flight == 0 {
                 activity.idle_since = Instant::now();
             }
-        }
-        self.0.changed.notify_one();
+        });
     }
 }
 
@@ -174,11 +214,12 @@ enum Event {
     Cut,
     DrainStarted(Instant),
     Changed,
-    Close(CloseReason),
+    Reloaded(bool),
+    Timer,
 }
 
 /// Serves one accepted connection until it is closed.
-pub(crate) async fn serve<I, S, B>(io: I, service: S, ctx: ConnectionContext)
+pub(crate) async fn serve<I, S, B>(io: I, service: S, mut ctx: ConnectionContext)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -190,10 +231,15 @@ where
     ctx.open.fetch_add(1, Ordering::Relaxed);
     let open = Open(ctx.open.clone());
     let shared = Arc::new(Shared {
-        activity: Mutex::new(Activity {
-            in_flight: 0,
-            idle_since: Instant::now(),
-            head_started: None,
+        state: Mutex::new(State {
+            activity: Activity {
+                in_flight: 0,
+                idle_since: Instant::now(),
+                head_started: None,
+            },
+            timeouts: *ctx.timeouts.borrow_and_update(),
+            drain_started: ctx.drain.started_at(),
+            armed: None,
         }),
         changed: Notify::new(),
     });
@@ -215,42 +261,106 @@ where
         .serve_connection(io, service);
 
     let mut drain_started = ctx.drain.started_at();
+    let mut reloads_open = true;
     let mut close_requested = false;
+    // One timer for the connection's life, moved rather than recreated.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut timer_at = None;
+    let control = Arc::new(ControlWake::default());
     let result = loop {
-        let close_at = if close_requested {
+        let armed = if close_requested {
             None
         } else {
-            shared
-                .lock()
-                .close_at(&ctx.timeouts.borrow(), drain_started)
+            let mut state = shared.lock();
+            state.drain_started = drain_started;
+            // Never further ahead than a request head may take: the next
+            // head's deadline then falls after the timer, and starting it
+            // wakes nobody.
+            let check = Instant::now() + state.timeouts.header_read;
+            let armed = state.close_at().map_or(check, |(at, _)| at.min(check));
+            state.armed = Some(armed);
+            Some(armed)
         };
-        let event = tokio::select! {
-            result = poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
-                Event::Done(result.map(|()| Farewell::None))
+        if armed != timer_at {
+            if let Some(at) = armed {
+                timer.as_mut().reset(at.into());
             }
-            () = ctx.cut.cancelled() => Event::Cut,
-            started = ctx.drain.draining(), if drain_started.is_none() => Event::DrainStarted(started),
-            () = shared.changed.notified() => Event::Changed,
-            () = sleep_until(close_at), if close_at.is_some() => {
-                Event::Close(close_at.map_or(CloseReason::IdleTimeout, |(_, reason)| reason))
-            }
+            timer_at = armed;
+        }
+        let event = {
+            let cut = ctx.cut.cancelled();
+            let draining = ctx.drain.draining();
+            let reloaded = ctx.timeouts.changed();
+            let changed = shared.changed.notified();
+            tokio::pin!(cut, draining, reloaded, changed);
+            // Poll every control future once, so each has its waker.
+            control.woken.store(true, Ordering::Release);
+            poll_fn(|cx| {
+                control.task.register(cx.waker());
+                if let Poll::Ready(result) = conn.poll_without_shutdown(cx) {
+                    return Poll::Ready(Event::Done(result.map(|()| Farewell::None)));
+                }
+                // The control futures wake `control`, not the task directly,
+                // so the many wake-ups that are only traffic skip them.
+                if !control.woken.swap(false, Ordering::AcqRel) {
+                    return Poll::Pending;
+                }
+                let waker = Waker::from(control.clone());
+                let mut cx = Context::from_waker(&waker);
+                if cut.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Event::Cut);
+                }
+                if drain_started.is_none()
+                    && let Poll::Ready(at) = draining.as_mut().poll(&mut cx)
+                {
+                    return Poll::Ready(Event::DrainStarted(at));
+                }
+                if reloads_open && let Poll::Ready(changed) = reloaded.as_mut().poll(&mut cx) {
+                    return Poll::Ready(Event::Reloaded(changed.is_ok()));
+                }
+                if changed.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Event::Changed);
+                }
+                if timer_at.is_some() && timer.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+                Poll::Pending
+            })
+            .await
         };
         match event {
             Event::Done(result) => break result,
             Event::Cut => return,
             Event::DrainStarted(at) => drain_started = Some(at),
             Event::Changed => {}
-            Event::Close(CloseReason::HeaderTimeout) => {
-                // hyper keeps waiting for the rest of a head that started on a
-                // fresh connection even after graceful_shutdown; no response
-                // is owed, so take the connection back and answer 408 ourselves.
-                tracing::debug!("request head not finished in time");
-                break Ok(Farewell::RequestTimeout);
+            Event::Reloaded(open) => {
+                reloads_open = open;
+                shared.lock().timeouts = *ctx.timeouts.borrow_and_update();
             }
-            Event::Close(reason) => {
-                tracing::debug!(?reason, "closing connection");
-                close_requested = true;
-                Pin::new(&mut conn).graceful_shutdown();
+            Event::Timer => {
+                timer_at = None;
+                // The timer was armed for the close time as it stood then;
+                // activity since may have moved it later.
+                let due = shared.lock().close_at();
+                match due {
+                    Some((at, reason)) if at <= Instant::now() => match reason {
+                        CloseReason::HeaderTimeout => {
+                            // hyper keeps waiting for the rest of a head that
+                            // started on a fresh connection even after
+                            // graceful_shutdown; no response is owed, so take
+                            // the connection back and answer 408 ourselves.
+                            tracing::debug!("request head not finished in time");
+                            break Ok(Farewell::RequestTimeout);
+                        }
+                        reason => {
+                            tracing::debug!(?reason, "closing connection");
+                            close_requested = true;
+                            Pin::new(&mut conn).graceful_shutdown();
+                        }
+                    },
+                    _ => {}
+                }
             }
         }
     };
@@ -263,6 +373,28 @@ where
     let io = conn.into_parts().io.into_inner().inner;
     drop(open);
     linger(io, farewell, &ctx.cut).await;
+}
+
+/// Wakes the connection's task on behalf of its control futures (the cut,
+/// the drain, a reload, an earlier close time, the timer), and says so: the
+/// task then polls them only when one of them, and not traffic, woke it.
+/// Polling five futures on every read and write cost more than the rest of
+/// the kit's per-request work together.
+#[derive(Default)]
+struct ControlWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ControlWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// What we still write before closing.
@@ -302,13 +434,6 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(
     tokio::select! {
         _ = tokio::time::timeout(LINGER, drain_reads) => {}
         () = cut.cancelled() => {}
-    }
-}
-
-async fn sleep_until(at: Option<(Instant, CloseReason)>) {
-    match at {
-        Some((at, _)) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -126,10 +126,26 @@ pub unsafe fn take_from_env(
     Ok((listeners, assignment.unused))
 }
 
+/// The queue of a socket we bind ourselves: as deep as app.socket's
+/// `Backlog=`, so a standalone app holds as many waiting connections as one
+/// under systemd. The kernel caps it at `net.core.somaxconn`.
+pub const BIND_BACKLOG: i32 = 4096;
+
 /// Binds `addr` ourselves, for starts outside socket activation.
 pub fn bind(addr: SocketAddr) -> Result<Listener, ListenerError> {
     let socket = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(|l| {
+            // std listens with a backlog of 128, which a burst of a few
+            // hundred connections overflows (SYNs dropped, clients retrying
+            // after a second). listen() on a listening socket only resizes
+            // its queue.
+            // SAFETY: a valid socket we own; listen has no memory effects.
+            match unsafe { libc::listen(l.as_raw_fd(), BIND_BACKLOG) } {
+                0 => Ok(l),
+                _ => Err(io::Error::last_os_error()),
+            }
+        })
         .map_err(|source| ListenerError::Bind { addr, source })?;
     Ok(Listener {
         socket: StdListener::Tcp(socket),
@@ -250,6 +266,25 @@ unsafe fn sockopt(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
 mod tests {
     use super::*;
     use std::os::unix::io::AsRawFd;
+
+    /// A burst beyond std's 128 waits in the queue while nobody accepts:
+    /// with a 128-deep queue the 130th connection's SYN is dropped and its
+    /// connect does not complete within the limit.
+    #[test]
+    fn a_socket_we_bind_queues_a_burst_of_connections() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let StdListener::Tcp(socket) = &listener.socket else {
+            panic!("bind gives a TCP socket");
+        };
+        let addr = socket.local_addr().unwrap();
+        let waiting: Vec<_> = (0..300)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(waiting.len(), 300);
+    }
 
     #[test]
     fn a_listening_tcp_socket_passes() {

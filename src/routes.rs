@@ -36,6 +36,8 @@ pub struct App {
 
 struct Inner {
     instance: String,
+    /// The answer to `/`, built once: it is the route load tests hit.
+    greeting: Bytes,
     pid: u32,
     ctx: ServiceContext,
 }
@@ -45,6 +47,7 @@ impl App {
         let instance = ctx.settings.borrow().instance.clone();
         Self {
             inner: Arc::new(Inner {
+                greeting: Bytes::from(format!("hello from instance {instance}\n")),
                 instance,
                 pid: std::process::id(),
                 ctx,
@@ -63,10 +66,7 @@ impl App {
         }
         let inner = &self.inner;
         match request.uri().path() {
-            "/" => text(
-                StatusCode::OK,
-                &format!("hello from instance {}\n", inner.instance),
-            ),
+            "/" => text(StatusCode::OK, inner.greeting.clone()),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if inner.ctx.drain.is_draining() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -79,7 +79,7 @@ impl App {
                     "instance": inner.instance,
                     "pid": inner.pid,
                 });
-                let mut response = text(StatusCode::OK, &format!("{body}\n"));
+                let mut response = text(StatusCode::OK, format!("{body}\n"));
                 response
                     .headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -95,14 +95,14 @@ impl App {
         let max = self.inner.ctx.settings.borrow().slow_max;
         let asked = match parse_ms(query) {
             Ok(ms) => Duration::from_millis(ms),
-            Err(reason) => return text(StatusCode::BAD_REQUEST, &format!("{reason}\n")),
+            Err(reason) => return text(StatusCode::BAD_REQUEST, format!("{reason}\n")),
         };
         let delay = asked.min(max);
         tokio::time::sleep(delay).await;
         let capped = if asked > max { " (capped)" } else { "" };
         text(
             StatusCode::OK,
-            &format!("slept {} ms{capped}\n", delay.as_millis()),
+            format!("slept {} ms{capped}\n", delay.as_millis()),
         )
     }
 
@@ -136,8 +136,8 @@ impl Service<Request<Incoming>> for App {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<AppBody> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())).boxed_unsync());
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AppBody> {
+    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

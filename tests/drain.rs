@@ -58,6 +58,8 @@ struct TestServer {
     entered: mpsc::UnboundedReceiver<String>,
     shutdown: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<DrainReport>,
+    /// What a reload sends the connections.
+    timeouts: watch::Sender<ConnectionTimeouts>,
 }
 
 impl TestServer {
@@ -86,7 +88,6 @@ impl TestServer {
         let server = Server::start(vec![listener], app, trigger, timeouts_rx).unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
-            let _keep_timeouts = timeouts_tx;
             let _ = stop.await;
             server.drain(deadline, |_| {}).await
         });
@@ -96,6 +97,7 @@ impl TestServer {
             entered,
             shutdown: Some(shutdown),
             done,
+            timeouts: timeouts_tx,
         }
     }
 
@@ -192,6 +194,32 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_grace() {
     );
     let report = server.report().await;
     assert!(report.is_clean(), "{report:?}");
+}
+
+/// A reload reaches connections already open: a shorter idle timeout closes
+/// one that has been idle since before it, without waiting for its traffic.
+#[tokio::test]
+async fn a_reloaded_idle_timeout_applies_to_open_connections() {
+    let (server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, 200);
+    let short = Duration::from_millis(300);
+    let reloaded = Instant::now();
+    server
+        .timeouts
+        .send(ConnectionTimeouts {
+            idle: short,
+            ..timeouts()
+        })
+        .unwrap();
+    assert_eq!(conn.end().await.unwrap(), End::Eof);
+    let waited = reloaded.elapsed();
+    // The old idle timeout was 30 s; the timer checks at least every
+    // header timeout (800 ms), but the reload itself re-arms it at once.
+    assert!(
+        waited < timeouts().header_read,
+        "closed {waited:?} after the reload"
+    );
 }
 
 #[tokio::test]

@@ -28,6 +28,17 @@ pub struct Counts {
     /// Responses that carried `Connection: close`.
     pub closes: u64,
     pub latencies: Vec<Duration>,
+    /// Every request in order of its intended start, for latency over time.
+    pub timeline: Vec<Sample>,
+}
+
+/// One request: when it was due to start, how long after that its response
+/// arrived (or it failed), and whether it succeeded with a 2xx.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub due: Instant,
+    pub latency: Duration,
+    pub ok: bool,
 }
 
 impl Counts {
@@ -55,6 +66,14 @@ impl Counts {
         *self.errors.entry(kind.into()).or_default() += 1;
     }
 
+    fn failed(&mut self, due: Instant, at: Instant) {
+        self.timeline.push(Sample {
+            due,
+            latency: at.saturating_duration_since(due),
+            ok: false,
+        });
+    }
+
     pub fn merge(&mut self, other: Counts) {
         for (s, n) in other.by_status {
             *self.by_status.entry(s).or_default() += n;
@@ -64,6 +83,7 @@ impl Counts {
         }
         self.closes += other.closes;
         self.latencies.extend(other.latencies);
+        self.timeline.extend(other.timeline);
     }
 
     /// One line: requests by outcome and latency quantiles.
@@ -102,9 +122,12 @@ pub async fn client(
     paced_client(addr, path, mode, stop, max_requests, None).await
 }
 
-/// As [`client`], starting a request at most every `pace`. Pacing keeps the
-/// offered load fixed, so latency during a deploy compares honestly with
-/// steady state, and bounds how many loopback ports new connections use.
+/// As [`client`], at a fixed rate: one request due every `pace`. The rate
+/// does not bend to the server: a request that could not start on time
+/// (the previous one was slow) starts as soon as it can, and its latency
+/// counts from when it was due, so a stall shows in full instead of hiding
+/// behind the requests never sent during it (coordinated omission). Pacing
+/// also bounds how many loopback ports new connections use.
 pub async fn paced_client(
     addr: SocketAddr,
     path: &'static str,
@@ -117,7 +140,7 @@ pub async fn paced_client(
     let mut sent = 0;
     let mut ticks = pace.map(|pace| {
         let mut ticks = tokio::time::interval(pace);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         ticks
     });
     'connections: while !*stop.borrow() && sent < max_requests {
@@ -125,6 +148,7 @@ pub async fn paced_client(
             Ok(s) => s,
             Err(err) => {
                 counts.error(format!("connect: {:?}", err.kind()));
+                counts.failed(Instant::now(), Instant::now());
                 continue;
             }
         };
@@ -138,9 +162,10 @@ pub async fn paced_client(
             };
         let conn = tokio::spawn(conn);
         loop {
-            if let Some(ticks) = ticks.as_mut() {
-                ticks.tick().await;
-            }
+            let due = match ticks.as_mut() {
+                Some(ticks) => ticks.tick().await.into_std(),
+                None => Instant::now(),
+            };
             if *stop.borrow() || sent >= max_requests {
                 break;
             }
@@ -148,7 +173,6 @@ pub async fn paced_client(
                 .header("host", "test")
                 .body(Empty::<Bytes>::new())
                 .expect("a valid request");
-            let started = Instant::now();
             sent += 1;
             let response = tokio::time::timeout(REQUEST_LIMIT, async {
                 let response = sender.send_request(request).await?;
@@ -159,7 +183,13 @@ pub async fn paced_client(
             .await;
             match response {
                 Ok(Ok(parts)) => {
-                    counts.latencies.push(started.elapsed());
+                    let latency = due.elapsed();
+                    counts.latencies.push(latency);
+                    counts.timeline.push(Sample {
+                        due,
+                        latency,
+                        ok: parts.status.is_success(),
+                    });
                     *counts.by_status.entry(parts.status.as_u16()).or_default() += 1;
                     let closes = parts
                         .headers
@@ -174,10 +204,12 @@ pub async fn paced_client(
                 }
                 Ok(Err(err)) => {
                     counts.error(format!("request: {err}"));
+                    counts.failed(due, Instant::now());
                     continue 'connections;
                 }
                 Err(_) => {
                     counts.error("request: timed out");
+                    counts.failed(due, Instant::now());
                     continue 'connections;
                 }
             }

@@ -1,0 +1,965 @@
+//! What the kit costs and what a deploy costs, as figures, a results table
+//! and a plot. Run it with `benches/run`, which installs wrk, builds the
+//! baseline server (`examples/baseline.rs`) and runs `cargo bench --bench
+//! kit`. It is not part of `cargo test`.
+//!
+//! In order:
+//! 1. start and size: exec → `READY=1`, RSS once ready (local processes);
+//! 2. steady state: app's `/` against the bare hyper baseline, with wrk at
+//!    64 connections, alternating, three rounds each;
+//! 3. scaling with concurrent connections, 64 to 4,096 (wrk), both servers;
+//! 4. under a booted systemd with the real units: RSS per instance idle and
+//!    under load, the time one rollout of two instances takes with no
+//!    traffic, and scaling with the number of instances (1, 2, 4);
+//! 5. deploys: a fixed-rate load across 10 rollouts: errors, latency during
+//!    the rollouts against steady state, the throughput dip, and a plot of
+//!    latency over time with each rollout marked.
+//!
+//! It writes `benches/results/RESULTS.md` and `benches/results/rollouts.svg`,
+//! and puts the same table into the README between its `bench-results`
+//! markers. The machine is shared and noisy: compare the ratios of one run.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::load::{Load, Sample};
+use support::process::free_port;
+use support::systemd::{Install, SystemdBox};
+
+const STARTS: usize = 20;
+/// wrk's connections for the steady-state comparison.
+const STEADY_CONNECTIONS: u32 = 64;
+const STEADY_SECONDS: u32 = 5;
+const STEADY_ROUNDS: usize = 3;
+const CONNECTION_STEPS: [u32; 4] = [64, 256, 1024, 4096];
+const SCALING_SECONDS: u32 = 4;
+const INSTANCE_STEPS: [u32; 3] = [1, 2, 4];
+const INSTANCE_CONNECTIONS: u32 = 256;
+/// The deploy run's fixed-rate load: clients, each due to send every PACE.
+const KEEP_ALIVE_CLIENTS: usize = 80;
+const NEW_CONN_CLIENTS: usize = 20;
+const PACE: Duration = Duration::from_millis(50);
+const ROLLOUTS: usize = 10;
+const STEADY_WINDOW: Duration = Duration::from_secs(10);
+/// Left out of the steady window: connections being opened.
+const WARM_UP: Duration = Duration::from_secs(2);
+const TAIL: Duration = Duration::from_secs(3);
+const BUCKET: Duration = Duration::from_millis(100);
+
+fn main() {
+    // cargo bench passes --bench; nothing else is expected.
+    raise_fd_limit();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app = PathBuf::from(env!("CARGO_BIN_EXE_app"));
+    let baseline = baseline_binary();
+    require_wrk();
+
+    let mut report = Report::default();
+    println!("== start and size");
+    startup(&app, &mut report);
+    println!("== steady state: app against the baseline, wrk -c{STEADY_CONNECTIONS}");
+    steady(&app, &baseline, &mut report);
+    println!("== scaling with connections");
+    connections(&app, &baseline, &mut report);
+    if boot_blocker().is_none() {
+        println!("== under systemd: instances, rollouts");
+        under_systemd(&mut report);
+    } else {
+        let why = boot_blocker().unwrap();
+        println!("SKIPPED the systemd sections: {why}");
+        report.skipped = Some(why);
+    }
+    report.write(root);
+}
+
+/// The baseline server, built by `benches/run` next to this bench binary.
+fn baseline_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    // target/<profile>/deps/kit-HASH -> target/<profile>/examples/baseline
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("examples/baseline"))
+        .expect("a target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: run benches/run, or `cargo build --release --example baseline` first",
+        path.display()
+    );
+    path
+}
+
+fn require_wrk() {
+    let found = Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty() || !o.stderr.is_empty());
+    assert!(
+        found,
+        "wrk is missing: run benches/run, which installs it (apt-get install wrk)"
+    );
+}
+
+/// 4,096 connections need more descriptors than the usual soft limit;
+/// children (wrk, the servers) inherit the raised one.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn boot_blocker() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root, cannot boot systemd".into());
+    }
+    if Command::new("unshare").arg("--version").output().is_err() {
+        return Some("unshare is missing".into());
+    }
+    None
+}
+
+// ---------------------------------------------------------------- figures
+
+#[derive(Default)]
+struct Report {
+    ready_median: Duration,
+    ready_min: Duration,
+    ready_max: Duration,
+    idle_rss_kib: u64,
+    steady_app: Vec<Wrk>,
+    steady_baseline: Vec<Wrk>,
+    connections_app: Vec<(u32, Wrk)>,
+    connections_baseline: Vec<(u32, Wrk)>,
+    peak_rss_kib: u64,
+    unit_idle_rss_kib: Vec<u64>,
+    unit_load_rss_kib: Vec<u64>,
+    rollout_idle: Vec<Duration>,
+    instances: Vec<(u32, Wrk)>,
+    deploy: Option<Deploy>,
+    skipped: Option<String>,
+}
+
+/// What wrk measured in one run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wrk {
+    requests_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    socket_errors: u64,
+    non_2xx: u64,
+}
+
+struct Deploy {
+    steady: Window,
+    rollouts: Window,
+    rollouts_took: Duration,
+    errors: u64,
+    error_kinds: String,
+    offered_rps: f64,
+    steady_rps: f64,
+    min_bucket_rps: f64,
+}
+
+struct Window {
+    requests: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    sorted[sorted.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+// ---------------------------------------------------------------- local servers
+
+/// A server process on loopback, stopped on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(program: &Path, args: &[&str], addr: SocketAddr) -> Self {
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        // The listening socket's state is the event: it accepts once bound.
+        let started = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{} did not listen on {addr}",
+                program.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, addr }
+    }
+
+    fn app(app: &Path) -> Self {
+        let addr = local_addr();
+        Self::start(
+            app,
+            &["--listen", &addr.to_string(), "--log-level", "warn"],
+            addr,
+        )
+    }
+
+    fn baseline(baseline: &Path) -> Self {
+        let addr = local_addr();
+        Self::start(baseline, &[&addr.to_string()], addr)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn local_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in KiB, from a status file.
+fn rss_from_status(status: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn rss(pid: u32) -> (u64, u64) {
+    rss_from_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
+}
+
+// ---------------------------------------------------------------- 1. start
+
+fn startup(app: &Path, report: &mut Report) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let notify_path = dir.path().join("notify");
+    let notify =
+        std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut ready = Vec::with_capacity(STARTS);
+    let mut idle = Vec::with_capacity(STARTS);
+    for _ in 0..STARTS {
+        let started = Instant::now();
+        let mut child = Command::new(app)
+            .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start app");
+        let mut buf = [0u8; 512];
+        loop {
+            let n = notify.recv(&mut buf).expect("READY=1 within 10 s");
+            if buf[..n].starts_with(b"READY=1") {
+                break;
+            }
+        }
+        ready.push(started.elapsed());
+        idle.push(rss(child.id()).0);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("app exits");
+    }
+    report.ready_median = median(&ready);
+    report.ready_min = *ready.iter().min().unwrap();
+    report.ready_max = *ready.iter().max().unwrap();
+    report.idle_rss_kib = median(&idle);
+    println!(
+        "exec -> READY=1 over {STARTS} starts: median {:?} (min {:?}, max {:?}); idle RSS {}",
+        report.ready_median,
+        report.ready_min,
+        report.ready_max,
+        mib(report.idle_rss_kib)
+    );
+}
+
+// ---------------------------------------------------------------- 2, 3. wrk
+
+fn wrk(addr: SocketAddr, connections: u32, seconds: u32) -> Wrk {
+    let threads = 2.min(connections);
+    let out = Command::new("wrk")
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--timeout",
+            "5s",
+            "--latency",
+            &format!("http://{addr}/"),
+        ])
+        .output()
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).unwrap_or_else(|e| panic!("cannot read wrk's output ({e}):\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Result<Wrk, String> {
+    let after = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let requests_per_sec = after("Requests/sec:")
+        .ok_or("no Requests/sec")?
+        .parse()
+        .map_err(|e| format!("Requests/sec: {e}"))?;
+    let p50 = wrk_duration(after("50%").ok_or("no 50% line")?)?;
+    let p99 = wrk_duration(after("99%").ok_or("no 99% line")?)?;
+    // "Socket errors: connect 0, read 0, write 0, timeout 0", only when any.
+    let socket_errors = after("Socket errors:")
+        .map(|rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    let non_2xx = after("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Wrk {
+        requests_per_sec,
+        p50,
+        p99,
+        socket_errors,
+        non_2xx,
+    })
+}
+
+/// wrk's "620.00us", "4.21ms", "1.02s".
+fn wrk_duration(text: &str) -> Result<Duration, String> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return Err(format!("no unit in {text:?}"));
+    };
+    let value: f64 = number.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+fn show(name: &str, w: &Wrk) {
+    println!(
+        "{name:>10}: {:>9.0} req/s  p50 {:>9}  p99 {:>9}  socket errors {}  non-2xx {}",
+        w.requests_per_sec,
+        ms(w.p50),
+        ms(w.p99),
+        w.socket_errors,
+        w.non_2xx
+    );
+}
+
+fn steady(app: &Path, baseline: &Path, report: &mut Report) {
+    let app = Server::app(app);
+    let base = Server::baseline(baseline);
+    // Warm both up (connections, allocator, caches) before measuring.
+    wrk(base.addr, STEADY_CONNECTIONS, 2);
+    wrk(app.addr, STEADY_CONNECTIONS, 2);
+    for round in 1..=STEADY_ROUNDS {
+        let b = wrk(base.addr, STEADY_CONNECTIONS, STEADY_SECONDS);
+        show(&format!("baseline {round}"), &b);
+        report.steady_baseline.push(b);
+        let a = wrk(app.addr, STEADY_CONNECTIONS, STEADY_SECONDS);
+        show(&format!("app {round}"), &a);
+        report.steady_app.push(a);
+    }
+}
+
+fn connections(app_bin: &Path, baseline: &Path, report: &mut Report) {
+    let app = Server::app(app_bin);
+    let base = Server::baseline(baseline);
+    for connections in CONNECTION_STEPS {
+        let b = wrk(base.addr, connections, SCALING_SECONDS);
+        show(&format!("base c{connections}"), &b);
+        report.connections_baseline.push((connections, b));
+        let a = wrk(app.addr, connections, SCALING_SECONDS);
+        show(&format!("app c{connections}"), &a);
+        report.connections_app.push((connections, a));
+    }
+    report.peak_rss_kib = rss(app.pid()).1;
+    println!(
+        "app peak RSS through up to {} connections: {}",
+        CONNECTION_STEPS[CONNECTION_STEPS.len() - 1],
+        mib(report.peak_rss_kib)
+    );
+}
+
+// ---------------------------------------------------------------- 4, 5. systemd
+
+fn unit_rss(sd: &SystemdBox, unit: &str) -> (u64, u64) {
+    let pid = sd.property(unit, "MainPID");
+    let out = sd.run("cat", &[&format!("/proc/{pid}/status")]);
+    rss_from_status(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn rollout(sd: &SystemdBox) -> Duration {
+    let started = Instant::now();
+    let out = sd.run("/usr/bin/app", &["rollout"]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "rollout failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn under_systemd(report: &mut Report) {
+    let addr = local_addr();
+    let install = Install::project("").file(
+        "/etc/systemd/system/app.socket.d/listen.conf",
+        &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
+    );
+    let sd = Arc::new(SystemdBox::boot(install));
+    sd.systemctl_ok(&["start", "app.target"]);
+    // One request each way so both instances have served before measuring.
+    wrk(addr, 4, 1);
+    for unit in ["app@1.service", "app@2.service"] {
+        report.unit_idle_rss_kib.push(unit_rss(&sd, unit).0);
+    }
+    println!(
+        "idle RSS per instance: {}",
+        report
+            .unit_idle_rss_kib
+            .iter()
+            .map(|k| mib(*k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for _ in 0..5 {
+        report.rollout_idle.push(rollout(&sd));
+    }
+    println!(
+        "one rollout of 2 instances, no traffic: median {:?} of 5",
+        median(&report.rollout_idle)
+    );
+
+    for instances in INSTANCE_STEPS {
+        for n in 1..=4 {
+            let unit = format!("app@{n}.service");
+            let verb = if n <= instances { "start" } else { "stop" };
+            sd.systemctl_ok(&[verb, &unit]);
+        }
+        let w = wrk(addr, INSTANCE_CONNECTIONS, SCALING_SECONDS);
+        show(&format!("{instances} inst."), &w);
+        report.instances.push((instances, w));
+        if instances == 2 {
+            for unit in ["app@1.service", "app@2.service"] {
+                report.unit_load_rss_kib.push(unit_rss(&sd, unit).1);
+            }
+        }
+    }
+    for unit in ["app@3.service", "app@4.service"] {
+        sd.systemctl_ok(&["stop", unit]);
+    }
+    println!(
+        "peak RSS per instance under wrk -c{INSTANCE_CONNECTIONS}: {}",
+        report
+            .unit_load_rss_kib
+            .iter()
+            .map(|k| mib(*k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    report.deploy = Some(deploys(&sd, addr));
+}
+
+fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients = KEEP_ALIVE_CLIENTS + NEW_CONN_CLIENTS;
+    let offered_rps = clients as f64 / PACE.as_secs_f64();
+    println!(
+        "fixed rate: {clients} clients ({KEEP_ALIVE_CLIENTS} keep-alive, {NEW_CONN_CLIENTS} new \
+         connection per request), {offered_rps:.0} req/s; {ROLLOUTS} rollouts after {STEADY_WINDOW:?}"
+    );
+    let (t0, marks, mut counts) = runtime.block_on(async {
+        let t0 = Instant::now();
+        let load = Load::start(addr, "/", KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
+        // A measurement window, not a synchronisation: steady state first.
+        tokio::time::sleep(STEADY_WINDOW).await;
+        let mut marks = Vec::new();
+        for _ in 0..ROLLOUTS {
+            let sd = sd.clone();
+            let started = Instant::now();
+            tokio::task::spawn_blocking(move || rollout(&sd))
+                .await
+                .unwrap();
+            marks.push((started, Instant::now()));
+        }
+        tokio::time::sleep(TAIL).await;
+        (t0, marks, load.stop().await)
+    });
+    let first = marks[0].0;
+    let last = marks[marks.len() - 1].1;
+    let timeline = std::mem::take(&mut counts.timeline);
+    let steady = window(&timeline, t0 + WARM_UP, first);
+    let rollouts = window(&timeline, first, last);
+
+    // Throughput: 2xx responses completed per bucket.
+    let bucket_rps = |from: Instant, to: Instant| -> Vec<f64> {
+        let n = (to.saturating_duration_since(from).as_secs_f64() / BUCKET.as_secs_f64()) as usize;
+        let mut buckets = vec![0u64; n.max(1)];
+        for s in timeline.iter().filter(|s| s.ok) {
+            let done = s.due + s.latency;
+            if done >= from && done < to {
+                let i = ((done - from).as_secs_f64() / BUCKET.as_secs_f64()) as usize;
+                if i < buckets.len() {
+                    buckets[i] += 1;
+                }
+            }
+        }
+        buckets
+            .into_iter()
+            .map(|c| c as f64 / BUCKET.as_secs_f64())
+            .collect()
+    };
+    let steady_buckets = bucket_rps(t0 + WARM_UP, first);
+    let steady_rps = steady_buckets.iter().sum::<f64>() / steady_buckets.len() as f64;
+    let min_bucket_rps = bucket_rps(first, last)
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
+    let errors = timeline.iter().filter(|s| !s.ok).count() as u64;
+    let deploy = Deploy {
+        steady,
+        rollouts,
+        rollouts_took: last - first,
+        errors,
+        error_kinds: format!("{:?}", counts.errors),
+        offered_rps,
+        steady_rps,
+        min_bucket_rps,
+    };
+    println!(
+        "steady: {} requests, p50 {} p99 {} max {}",
+        deploy.steady.requests,
+        ms(deploy.steady.p50),
+        ms(deploy.steady.p99),
+        ms(deploy.steady.max)
+    );
+    println!(
+        "{ROLLOUTS} rollouts ({:?}): {} requests, p50 {} p99 {} max {}; errors {} {}",
+        deploy.rollouts_took,
+        deploy.rollouts.requests,
+        ms(deploy.rollouts.p50),
+        ms(deploy.rollouts.p99),
+        ms(deploy.rollouts.max),
+        deploy.errors,
+        deploy.error_kinds
+    );
+    println!(
+        "throughput: steady {:.0} req/s; lowest {BUCKET:?} bucket during rollouts {:.0} req/s",
+        deploy.steady_rps, deploy.min_bucket_rps
+    );
+    let plot = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/rollouts.svg");
+    draw(&plot, &timeline, t0, &marks);
+    println!("plot: {}", plot.display());
+    deploy
+}
+
+/// Requests due in `[from, to)`: count and latency quantiles.
+fn window(timeline: &[Sample], from: Instant, to: Instant) -> Window {
+    let mut latencies: Vec<Duration> = timeline
+        .iter()
+        .filter(|s| s.due >= from && s.due < to)
+        .map(|s| s.latency)
+        .collect();
+    latencies.sort_unstable();
+    let q = |q: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Window {
+        requests: latencies.len(),
+        p50: q(0.5),
+        p99: q(0.99),
+        max: q(1.0),
+    }
+}
+
+// ---------------------------------------------------------------- the plot
+
+fn draw(path: &Path, timeline: &[Sample], t0: Instant, marks: &[(Instant, Instant)]) {
+    use plotters::prelude::*;
+
+    let secs = |at: Instant| at.saturating_duration_since(t0).as_secs_f64();
+    let end = timeline.iter().map(|s| secs(s.due)).fold(0.0, f64::max);
+    // p50, p99 and max of each bucket, by when the request was due.
+    let n = (end / BUCKET.as_secs_f64()).ceil() as usize + 1;
+    let mut buckets: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for s in timeline {
+        let i = (secs(s.due) / BUCKET.as_secs_f64()) as usize;
+        buckets[i].push(s.latency.as_secs_f64() * 1000.0);
+    }
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    let mut max = Vec::new();
+    for (i, bucket) in buckets.iter_mut().enumerate() {
+        if bucket.is_empty() {
+            continue;
+        }
+        bucket.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let x = (i as f64 + 0.5) * BUCKET.as_secs_f64();
+        let at = |q: f64| bucket[((bucket.len() - 1) as f64 * q).round() as usize];
+        p50.push((x, at(0.5).max(0.01)));
+        p99.push((x, at(0.99).max(0.01)));
+        max.push((x, at(1.0).max(0.01)));
+    }
+    let top = max.iter().map(|(_, y)| *y).fold(1.0, f64::max) * 2.0;
+
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let area = SVGBackend::new(path, (1000, 480)).into_drawing_area();
+    area.fill(&WHITE).unwrap();
+    let mut chart = ChartBuilder::on(&area)
+        .caption(
+            format!(
+                "Latency across {} rollouts of 2 instances, fixed-rate load (per {} ms)",
+                marks.len(),
+                BUCKET.as_millis()
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..end, (0.05f64..top).log_scale())
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the load started")
+        .y_desc("latency (ms, log scale)")
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .unwrap();
+    let shade = RGBColor(255, 200, 120).mix(0.45);
+    chart
+        .draw_series(marks.iter().map(|(from, to)| {
+            Rectangle::new([(secs(*from), 0.05), (secs(*to), top)], shade.filled())
+        }))
+        .unwrap()
+        .label("a rollout (app rollout)")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], shade.filled()));
+    for (series, color, name) in [
+        (&max, RGBColor(200, 40, 40), "max"),
+        (&p99, RGBColor(40, 80, 200), "p99"),
+        (&p50, RGBColor(40, 150, 60), "p50"),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .unwrap()
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .unwrap();
+    area.present().unwrap();
+}
+
+// ---------------------------------------------------------------- results
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .unwrap_or_default();
+    format!(
+        "{} on {} cores of {cpu}, {memory}, {os}, Linux {}; load tool and servers share the cores",
+        command_line("date", &["-u", "+%Y-%m-%d"]),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        command_line("uname", &["-r"]),
+    )
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+impl Report {
+    fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "Measured {}.", machine());
+        let _ = writeln!(t);
+        let _ = writeln!(t, "| what | figure | target |");
+        let _ = writeln!(t, "|---|---|---|");
+        let _ = writeln!(
+            t,
+            "| exec → `READY=1`, median of {STARTS} | {} (min {}, max {}) | ≤ 20 ms: {} |",
+            ms(self.ready_median),
+            ms(self.ready_min),
+            ms(self.ready_max),
+            verdict(self.ready_median <= Duration::from_millis(20))
+        );
+        let idle = self
+            .unit_idle_rss_kib
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(self.idle_rss_kib);
+        let _ = writeln!(
+            t,
+            "| RSS idle, per instance | {} (standalone: {}) | ≤ 16 MiB: {} |",
+            mib(idle),
+            mib(self.idle_rss_kib),
+            verdict(idle <= 16 * 1024)
+        );
+        if let Some(load) = self.unit_load_rss_kib.iter().max() {
+            let _ = writeln!(
+                t,
+                "| RSS under load, per instance (peak, wrk -c{INSTANCE_CONNECTIONS} on 2 instances) | {} | |",
+                mib(*load)
+            );
+        }
+        let _ = writeln!(
+            t,
+            "| RSS peak, standalone, through wrk -c{} | {} | |",
+            CONNECTION_STEPS[CONNECTION_STEPS.len() - 1],
+            mib(self.peak_rss_kib)
+        );
+        let rps = |v: &[Wrk]| median(&v.iter().map(|w| w.requests_per_sec).collect::<Vec<_>>());
+        let p99 = |v: &[Wrk]| median(&v.iter().map(|w| w.p99).collect::<Vec<_>>());
+        let p50 = |v: &[Wrk]| median(&v.iter().map(|w| w.p50).collect::<Vec<_>>());
+        let (a_rps, b_rps) = (rps(&self.steady_app), rps(&self.steady_baseline));
+        let (a_p99, b_p99) = (p99(&self.steady_app), p99(&self.steady_baseline));
+        let throughput_ratio = a_rps / b_rps;
+        let p99_ratio = a_p99.as_secs_f64() / b_p99.as_secs_f64();
+        let _ = writeln!(
+            t,
+            "| `/` throughput, wrk -c{STEADY_CONNECTIONS}, median of {STEADY_ROUNDS} alternating runs | app {a_rps:.0} req/s, baseline {b_rps:.0} req/s: **{throughput_ratio:.3}×** | ≥ 0.95×: {} |",
+            verdict(throughput_ratio >= 0.95)
+        );
+        let _ = writeln!(
+            t,
+            "| `/` latency, same runs | app p50 {} p99 {}, baseline p50 {} p99 {}: p99 **{p99_ratio:.2}×** | p99 ≤ 1.2×: {} |",
+            ms(p50(&self.steady_app)),
+            ms(a_p99),
+            ms(p50(&self.steady_baseline)),
+            ms(b_p99),
+            verdict(p99_ratio <= 1.2)
+        );
+        if !self.rollout_idle.is_empty() {
+            let _ = writeln!(
+                t,
+                "| one rollout of 2 instances, no traffic (`app rollout`, median of {}) | {} | |",
+                self.rollout_idle.len(),
+                ms(median(&self.rollout_idle))
+            );
+        }
+        if let Some(d) = &self.deploy {
+            let _ = writeln!(
+                t,
+                "| {ROLLOUTS} rollouts under {:.0} req/s fixed-rate load ({} clients) | {} requests during the rollouts ({:.1} s), **{} errors** | 0: {} |",
+                d.offered_rps,
+                KEEP_ALIVE_CLIENTS + NEW_CONN_CLIENTS,
+                d.rollouts.requests,
+                d.rollouts_took.as_secs_f64(),
+                d.errors,
+                verdict(d.errors == 0)
+            );
+            let ratio = d.rollouts.p99.as_secs_f64() / d.steady.p99.as_secs_f64();
+            let _ = writeln!(
+                t,
+                "| latency during rollouts vs steady | p50 {} vs {}, p99 {} vs {} (**{ratio:.2}×**), max {} vs {} | p99 ≤ 1.5×: {}; max < 1 s: {} |",
+                ms(d.rollouts.p50),
+                ms(d.steady.p50),
+                ms(d.rollouts.p99),
+                ms(d.steady.p99),
+                ms(d.rollouts.max),
+                ms(d.steady.max),
+                verdict(ratio <= 1.5),
+                verdict(d.rollouts.max < Duration::from_secs(1))
+            );
+            let _ = writeln!(
+                t,
+                "| throughput dip during rollouts | lowest {} ms bucket {:.0} req/s vs steady {:.0} req/s (**{:.0}%** of steady) | |",
+                BUCKET.as_millis(),
+                d.min_bucket_rps,
+                d.steady_rps,
+                100.0 * d.min_bucket_rps / d.steady_rps
+            );
+        }
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "Scaling with concurrent connections (wrk, `/`, {SCALING_SECONDS} s each):"
+        );
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "| connections | app req/s | app p99 | baseline req/s | baseline p99 | app / baseline | errors (app, baseline) |"
+        );
+        let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+        for ((c, a), (_, b)) in self.connections_app.iter().zip(&self.connections_baseline) {
+            let _ = writeln!(
+                t,
+                "| {c} | {:.0} | {} | {:.0} | {} | {:.3}× | {}, {} |",
+                a.requests_per_sec,
+                ms(a.p99),
+                b.requests_per_sec,
+                ms(b.p99),
+                a.requests_per_sec / b.requests_per_sec,
+                a.socket_errors + a.non_2xx,
+                b.socket_errors + b.non_2xx
+            );
+        }
+        if !self.instances.is_empty() {
+            let _ = writeln!(t);
+            let _ = writeln!(
+                t,
+                "Scaling with instances sharing `app.socket` (booted systemd, real units, wrk -c{INSTANCE_CONNECTIONS}, {SCALING_SECONDS} s each):"
+            );
+            let _ = writeln!(t);
+            let _ = writeln!(t, "| instances | req/s | p50 | p99 | errors |");
+            let _ = writeln!(t, "|---|---|---|---|---|");
+            for (n, w) in &self.instances {
+                let _ = writeln!(
+                    t,
+                    "| {n} | {:.0} | {} | {} | {} |",
+                    w.requests_per_sec,
+                    ms(w.p50),
+                    ms(w.p99),
+                    w.socket_errors + w.non_2xx
+                );
+            }
+        }
+        if let Some(why) = &self.skipped {
+            let _ = writeln!(t);
+            let _ = writeln!(t, "The systemd sections did not run: {why}.");
+        }
+        t
+    }
+
+    fn write(&self, root: &Path) {
+        let table = self.table();
+        println!("\n{table}");
+        let dir = root.join("benches/results");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut results = String::from(
+            "# Benchmark results\n\nWritten by `benches/run` (`cargo bench --bench kit`); see \
+             benches/kit.rs for what each figure is.\n\n",
+        );
+        results.push_str(&table);
+        if self.deploy.is_some() {
+            results.push_str("\n![Latency over time across the rollouts](rollouts.svg)\n");
+        }
+        std::fs::write(dir.join("RESULTS.md"), results).unwrap();
+
+        // The README shows the latest table, between its markers.
+        let readme_path = root.join("README.md");
+        let readme = std::fs::read_to_string(&readme_path).unwrap();
+        let (start, end) = ("<!-- bench-results:start -->", "<!-- bench-results:end -->");
+        match (readme.find(start), readme.find(end)) {
+            (Some(a), Some(b)) if a < b => {
+                let mut section = format!("{start}\n{table}");
+                if self.deploy.is_some() {
+                    section.push_str(
+                        "\n![Latency over time across 10 rollouts](benches/results/rollouts.svg)\n",
+                    );
+                }
+                let updated = format!("{}{section}{}", &readme[..a], &readme[b..]);
+                std::fs::write(&readme_path, updated).unwrap();
+                println!("updated README.md and {}", dir.display());
+            }
+            _ => println!(
+                "README.md has no bench-results markers; wrote {}",
+                dir.display()
+            ),
+        }
+    }
+}
