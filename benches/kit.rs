@@ -36,8 +36,10 @@ use support::systemd::{Install, SystemdBox};
 const STARTS: usize = 20;
 /// wrk's connections for the steady-state comparison.
 const STEADY_CONNECTIONS: u32 = 64;
-const STEADY_SECONDS: u32 = 5;
-const STEADY_ROUNDS: usize = 3;
+const STEADY_SECONDS: u32 = 4;
+/// Pairs of runs, in ABBA order (baseline, app, app, baseline, ...), so a
+/// drift in the machine's speed weighs on both servers alike.
+const STEADY_ROUNDS: usize = 6;
 const CONNECTION_STEPS: [u32; 4] = [64, 256, 1024, 4096];
 const SCALING_SECONDS: u32 = 4;
 const INSTANCE_STEPS: [u32; 3] = [1, 2, 4];
@@ -47,14 +49,31 @@ const KEEP_ALIVE_CLIENTS: usize = 80;
 const NEW_CONN_CLIENTS: usize = 20;
 const PACE: Duration = Duration::from_millis(50);
 const ROLLOUTS: usize = 10;
+/// Between rollouts, so each shows on its own in the plot and the figures.
+const BETWEEN_ROLLOUTS: Duration = Duration::from_secs(1);
 const STEADY_WINDOW: Duration = Duration::from_secs(10);
 /// Left out of the steady window: connections being opened.
 const WARM_UP: Duration = Duration::from_secs(2);
 const TAIL: Duration = Duration::from_secs(3);
 const BUCKET: Duration = Duration::from_millis(100);
 
+/// The sections, by the names `cargo bench --bench kit -- NAME...` takes to
+/// run only some of them (then nothing is written but the plot).
+const SECTIONS: [&str; 4] = ["start", "steady", "connections", "systemd"];
+
 fn main() {
-    // cargo bench passes --bench; nothing else is expected.
+    // cargo bench passes --bench; other arguments name sections to run.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    for name in &only {
+        assert!(
+            SECTIONS.contains(&name.as_str()),
+            "unknown section {name:?}; the sections are {SECTIONS:?}"
+        );
+    }
+    let runs = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     raise_fd_limit();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let app = PathBuf::from(env!("CARGO_BIN_EXE_app"));
@@ -62,21 +81,35 @@ fn main() {
     require_wrk();
 
     let mut report = Report::default();
-    println!("== start and size");
-    startup(&app, &mut report);
-    println!("== steady state: app against the baseline, wrk -c{STEADY_CONNECTIONS}");
-    steady(&app, &baseline, &mut report);
-    println!("== scaling with connections");
-    connections(&app, &baseline, &mut report);
-    if boot_blocker().is_none() {
-        println!("== under systemd: instances, rollouts");
-        under_systemd(&mut report);
-    } else {
-        let why = boot_blocker().unwrap();
-        println!("SKIPPED the systemd sections: {why}");
-        report.skipped = Some(why);
+    if runs("start") {
+        println!("== start and size");
+        startup(&app, &mut report);
     }
-    report.write(root);
+    if runs("steady") {
+        println!("== steady state: app against the baseline, wrk -c{STEADY_CONNECTIONS}");
+        steady(&app, &baseline, &mut report);
+    }
+    if runs("connections") {
+        println!("== scaling with connections");
+        connections(&app, &baseline, &mut report);
+    }
+    if runs("systemd") {
+        match boot_blocker() {
+            None => {
+                println!("== under systemd: instances, rollouts");
+                under_systemd(&mut report);
+            }
+            Some(why) => {
+                println!("SKIPPED the systemd sections: {why}");
+                report.skipped = Some(why);
+            }
+        }
+    }
+    if only.is_empty() {
+        report.write(root);
+    } else {
+        println!("(a partial run: results and README left as they were)");
+    }
 }
 
 /// The baseline server, built by `benches/run` next to this bench binary.
@@ -174,6 +207,13 @@ struct Deploy {
     offered_rps: f64,
     steady_rps: f64,
     min_bucket_rps: f64,
+    /// Share of the machine's CPU in use: steady, and during the rollouts.
+    cpu_steady: f64,
+    cpu_rollouts: f64,
+    /// Requests due while two sandboxed units that serve nothing restarted.
+    control: Window,
+    /// During the rollouts: first requests on a connection, and the rest.
+    by_connection: (Window, Window),
 }
 
 struct Window {
@@ -409,12 +449,22 @@ fn steady(app: &Path, baseline: &Path, report: &mut Report) {
     wrk(base.addr, STEADY_CONNECTIONS, 2);
     wrk(app.addr, STEADY_CONNECTIONS, 2);
     for round in 1..=STEADY_ROUNDS {
-        let b = wrk(base.addr, STEADY_CONNECTIONS, STEADY_SECONDS);
-        show(&format!("baseline {round}"), &b);
-        report.steady_baseline.push(b);
-        let a = wrk(app.addr, STEADY_CONNECTIONS, STEADY_SECONDS);
-        show(&format!("app {round}"), &a);
-        report.steady_app.push(a);
+        let mut run = |name: &str| {
+            let (addr, runs) = match name {
+                "app" => (app.addr, &mut report.steady_app),
+                _ => (base.addr, &mut report.steady_baseline),
+            };
+            let w = wrk(addr, STEADY_CONNECTIONS, STEADY_SECONDS);
+            show(&format!("{name} {round}"), &w);
+            runs.push(w);
+        };
+        if round % 2 == 1 {
+            run("baseline");
+            run("app");
+        } else {
+            run("app");
+            run("baseline");
+        }
     }
 }
 
@@ -460,10 +510,12 @@ fn rollout(sd: &SystemdBox) -> Duration {
 
 fn under_systemd(report: &mut Report) {
     let addr = local_addr();
-    let install = Install::project("").file(
-        "/etc/systemd/system/app.socket.d/listen.conf",
-        &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
-    );
+    let install = Install::project("")
+        .file(
+            "/etc/systemd/system/app.socket.d/listen.conf",
+            &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
+        )
+        .file("/etc/systemd/system/idle@.service", &idle_unit());
     let sd = Arc::new(SystemdBox::boot(install));
     sd.systemctl_ok(&["start", "app.target"]);
     // One request each way so both instances have served before measuring.
@@ -519,6 +571,45 @@ fn under_systemd(report: &mut Report) {
     report.deploy = Some(deploys(&sd, addr));
 }
 
+/// The control for the deploy figures: app@.service's sandbox around a
+/// process that serves nothing (`sleep`), so restarting two of them costs
+/// systemd what restarting two instances does, without any handover.
+fn idle_unit() -> String {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/app@.service"))
+            .expect("systemd/app@.service");
+    let dropped = [
+        "Sockets=",
+        "NonBlocking=",
+        "ExecReload=",
+        "Wants=",
+        "After=",
+        "Also=",
+        "WantedBy=",
+    ];
+    unit.lines()
+        .filter(|l| !dropped.iter().any(|d| l.starts_with(d)))
+        .map(|l| {
+            if l.starts_with("Type=") {
+                "Type=exec".to_owned()
+            } else if l.starts_with("ExecStart=") {
+                "ExecStart=/bin/sleep infinity".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Restarts two idle@ units one after the other, as a rollout restarts two
+/// instances.
+fn restart_idle(sd: &SystemdBox) {
+    for unit in ["idle@1.service", "idle@2.service"] {
+        sd.systemctl_ok(&["restart", unit]);
+    }
+}
+
 fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -531,28 +622,60 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
         "fixed rate: {clients} clients ({KEEP_ALIVE_CLIENTS} keep-alive, {NEW_CONN_CLIENTS} new \
          connection per request), {offered_rps:.0} req/s; {ROLLOUTS} rollouts after {STEADY_WINDOW:?}"
     );
-    let (t0, marks, mut counts) = runtime.block_on(async {
+    let (t0, marks, cpu, mut counts) = runtime.block_on(async {
         let t0 = Instant::now();
         let load = Load::start(addr, "/", KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
-        // A measurement window, not a synchronisation: steady state first.
-        tokio::time::sleep(STEADY_WINDOW).await;
+        // Measurement windows, not synchronisation: steady state first.
+        tokio::time::sleep(WARM_UP).await;
+        let steady_cpu = CpuTimes::now();
+        tokio::time::sleep(STEADY_WINDOW - WARM_UP).await;
+        let steady_cpu = steady_cpu.busy_since();
         let mut marks = Vec::new();
-        for _ in 0..ROLLOUTS {
+        let mut rollout_cpu = (0u64, 0u64);
+        for i in 0..ROLLOUTS {
+            if i > 0 {
+                tokio::time::sleep(BETWEEN_ROLLOUTS).await;
+            }
             let sd = sd.clone();
+            let cpu = CpuTimes::now();
             let started = Instant::now();
             tokio::task::spawn_blocking(move || rollout(&sd))
                 .await
                 .unwrap();
             marks.push((started, Instant::now()));
+            let (busy, total) = cpu.busy_and_total_since();
+            rollout_cpu = (rollout_cpu.0 + busy, rollout_cpu.1 + total);
+        }
+        // The control: the same number of restarts of sandboxed units that
+        // serve nothing, at the same spacing.
+        let mut controls = Vec::new();
+        for _ in 0..ROLLOUTS {
+            tokio::time::sleep(BETWEEN_ROLLOUTS).await;
+            let sd = sd.clone();
+            let started = Instant::now();
+            tokio::task::spawn_blocking(move || restart_idle(&sd))
+                .await
+                .unwrap();
+            controls.push((started, Instant::now()));
         }
         tokio::time::sleep(TAIL).await;
-        (t0, marks, load.stop().await)
+        let rollout_cpu = rollout_cpu.0 as f64 / rollout_cpu.1.max(1) as f64;
+        (
+            t0,
+            (marks, controls),
+            (steady_cpu, rollout_cpu),
+            load.stop().await,
+        )
     });
+    let (marks, controls) = marks;
     let first = marks[0].0;
-    let last = marks[marks.len() - 1].1;
     let timeline = std::mem::take(&mut counts.timeline);
-    let steady = window(&timeline, t0 + WARM_UP, first);
-    let rollouts = window(&timeline, first, last);
+    let steady = window(&timeline, &[(t0 + WARM_UP, first)]);
+    let rollouts = window(&timeline, &marks);
+    let control = window(&timeline, &controls);
+    let fresh: Vec<Sample> = timeline.iter().copied().filter(|s| s.fresh).collect();
+    let reused: Vec<Sample> = timeline.iter().copied().filter(|s| !s.fresh).collect();
+    let by_connection = (window(&fresh, &marks), window(&reused, &marks));
 
     // Throughput: 2xx responses completed per bucket.
     let bucket_rps = |from: Instant, to: Instant| -> Vec<f64> {
@@ -574,19 +697,24 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
     };
     let steady_buckets = bucket_rps(t0 + WARM_UP, first);
     let steady_rps = steady_buckets.iter().sum::<f64>() / steady_buckets.len() as f64;
-    let min_bucket_rps = bucket_rps(first, last)
-        .into_iter()
+    let min_bucket_rps = marks
+        .iter()
+        .flat_map(|(from, to)| bucket_rps(*from, *to))
         .fold(f64::INFINITY, f64::min);
     let errors = timeline.iter().filter(|s| !s.ok).count() as u64;
     let deploy = Deploy {
         steady,
         rollouts,
-        rollouts_took: last - first,
+        rollouts_took: marks.iter().map(|(from, to)| *to - *from).sum(),
         errors,
         error_kinds: format!("{:?}", counts.errors),
         offered_rps,
         steady_rps,
         min_bucket_rps,
+        cpu_steady: cpu.0,
+        cpu_rollouts: cpu.1,
+        control,
+        by_connection,
     };
     println!(
         "steady: {} requests, p50 {} p99 {} max {}",
@@ -609,17 +737,36 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
         "throughput: steady {:.0} req/s; lowest {BUCKET:?} bucket during rollouts {:.0} req/s",
         deploy.steady_rps, deploy.min_bucket_rps
     );
+    println!(
+        "during rollouts, first request on a connection: {} requests, p99 {}; later ones: {} requests, p99 {}",
+        deploy.by_connection.0.requests,
+        ms(deploy.by_connection.0.p99),
+        deploy.by_connection.1.requests,
+        ms(deploy.by_connection.1.p99)
+    );
+    println!(
+        "control, {ROLLOUTS} restarts of 2 sandboxed units serving nothing: {} requests, p50 {} p99 {} max {}",
+        deploy.control.requests,
+        ms(deploy.control.p50),
+        ms(deploy.control.p99),
+        ms(deploy.control.max)
+    );
+    println!(
+        "CPU in use (whole machine): steady {:.0}%, during rollouts {:.0}%",
+        deploy.cpu_steady * 100.0,
+        deploy.cpu_rollouts * 100.0
+    );
     let plot = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/rollouts.svg");
-    draw(&plot, &timeline, t0, &marks);
+    draw(&plot, &timeline, t0, &marks, &controls);
     println!("plot: {}", plot.display());
     deploy
 }
 
-/// Requests due in `[from, to)`: count and latency quantiles.
-fn window(timeline: &[Sample], from: Instant, to: Instant) -> Window {
+/// Requests due within any of `spans`: count and latency quantiles.
+fn window(timeline: &[Sample], spans: &[(Instant, Instant)]) -> Window {
     let mut latencies: Vec<Duration> = timeline
         .iter()
-        .filter(|s| s.due >= from && s.due < to)
+        .filter(|s| spans.iter().any(|(from, to)| s.due >= *from && s.due < *to))
         .map(|s| s.latency)
         .collect();
     latencies.sort_unstable();
@@ -637,9 +784,52 @@ fn window(timeline: &[Sample], from: Instant, to: Instant) -> Window {
     }
 }
 
+/// The machine's CPU time counters (`/proc/stat`, all CPUs, in ticks).
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        let total: u64 = fields.iter().take(8).sum();
+        Self {
+            busy: total - idle,
+            total,
+        }
+    }
+
+    fn busy_and_total_since(&self) -> (u64, u64) {
+        let now = Self::now();
+        (now.busy - self.busy, now.total - self.total)
+    }
+
+    fn busy_since(&self) -> f64 {
+        let (busy, total) = self.busy_and_total_since();
+        busy as f64 / total.max(1) as f64
+    }
+}
+
 // ---------------------------------------------------------------- the plot
 
-fn draw(path: &Path, timeline: &[Sample], t0: Instant, marks: &[(Instant, Instant)]) {
+fn draw(
+    path: &Path,
+    timeline: &[Sample],
+    t0: Instant,
+    marks: &[(Instant, Instant)],
+    controls: &[(Instant, Instant)],
+) {
     use plotters::prelude::*;
 
     let secs = |at: Instant| at.saturating_duration_since(t0).as_secs_f64();
@@ -673,8 +863,9 @@ fn draw(path: &Path, timeline: &[Sample], t0: Instant, marks: &[(Instant, Instan
     let mut chart = ChartBuilder::on(&area)
         .caption(
             format!(
-                "Latency across {} rollouts of 2 instances, fixed-rate load (per {} ms)",
+                "Latency across {} rollouts of 2 instances, then {} control restarts, fixed-rate load (per {} ms)",
                 marks.len(),
+                controls.len(),
                 BUCKET.as_millis()
             ),
             ("sans-serif", 18),
@@ -699,6 +890,14 @@ fn draw(path: &Path, timeline: &[Sample], t0: Instant, marks: &[(Instant, Instan
         .unwrap()
         .label("a rollout (app rollout)")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], shade.filled()));
+    let grey = RGBColor(150, 150, 150).mix(0.35);
+    chart
+        .draw_series(controls.iter().map(|(from, to)| {
+            Rectangle::new([(secs(*from), 0.05), (secs(*to), top)], grey.filled())
+        }))
+        .unwrap()
+        .label("control: restarting 2 sandboxed units that serve nothing")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], grey.filled()));
     for (series, color, name) in [
         (&max, RGBColor(200, 40, 40), "max"),
         (&p99, RGBColor(40, 80, 200), "p99"),
@@ -817,11 +1016,19 @@ impl Report {
         let p50 = |v: &[Wrk]| median(&v.iter().map(|w| w.p50).collect::<Vec<_>>());
         let (a_rps, b_rps) = (rps(&self.steady_app), rps(&self.steady_baseline));
         let (a_p99, b_p99) = (p99(&self.steady_app), p99(&self.steady_baseline));
-        let throughput_ratio = a_rps / b_rps;
+        // The median of the rounds' own ratios: each pair ran back to back.
+        let throughput_ratio = median(
+            &self
+                .steady_app
+                .iter()
+                .zip(&self.steady_baseline)
+                .map(|(a, b)| a.requests_per_sec / b.requests_per_sec)
+                .collect::<Vec<_>>(),
+        );
         let p99_ratio = a_p99.as_secs_f64() / b_p99.as_secs_f64();
         let _ = writeln!(
             t,
-            "| `/` throughput, wrk -c{STEADY_CONNECTIONS}, median of {STEADY_ROUNDS} alternating runs | app {a_rps:.0} req/s, baseline {b_rps:.0} req/s: **{throughput_ratio:.3}×** | ≥ 0.95×: {} |",
+            "| `/` throughput, wrk -c{STEADY_CONNECTIONS}, {STEADY_ROUNDS} rounds of back-to-back runs (ABBA order) | app {a_rps:.0} req/s, baseline {b_rps:.0} req/s (medians); median of the rounds' ratios **{throughput_ratio:.3}×** | ≥ 0.95×: {} |",
             verdict(throughput_ratio >= 0.95)
         );
         let _ = writeln!(
@@ -844,7 +1051,7 @@ impl Report {
         if let Some(d) = &self.deploy {
             let _ = writeln!(
                 t,
-                "| {ROLLOUTS} rollouts under {:.0} req/s fixed-rate load ({} clients) | {} requests during the rollouts ({:.1} s), **{} errors** | 0: {} |",
+                "| {ROLLOUTS} rollouts, {BETWEEN_ROLLOUTS:?} apart, under {:.0} req/s fixed-rate load ({} clients) | {} requests due during the rollouts ({:.1} s in all), **{} errors** over the whole run | 0: {} |",
                 d.offered_rps,
                 KEEP_ALIVE_CLIENTS + NEW_CONN_CLIENTS,
                 d.rollouts.requests,
@@ -872,6 +1079,28 @@ impl Report {
                 d.min_bucket_rps,
                 d.steady_rps,
                 100.0 * d.min_bucket_rps / d.steady_rps
+            );
+            let _ = writeln!(
+                t,
+                "| during rollouts: first request on a connection vs later ones | p99 {} ({} requests) vs {} ({} requests) | |",
+                ms(d.by_connection.0.p99),
+                d.by_connection.0.requests,
+                ms(d.by_connection.1.p99),
+                d.by_connection.1.requests
+            );
+            let _ = writeln!(
+                t,
+                "| control: {ROLLOUTS} restarts of 2 units with app@'s sandbox serving nothing, same load | p50 {} p99 {} max {} (p99 {:.2}× steady) | |",
+                ms(d.control.p50),
+                ms(d.control.p99),
+                ms(d.control.max),
+                d.control.p99.as_secs_f64() / d.steady.p99.as_secs_f64()
+            );
+            let _ = writeln!(
+                t,
+                "| machine CPU in use, steady vs during rollouts | {:.0}% vs {:.0}% | |",
+                d.cpu_steady * 100.0,
+                d.cpu_rollouts * 100.0
             );
         }
         let _ = writeln!(t);

@@ -32,10 +32,14 @@ pub struct Counts {
     pub timeline: Vec<Sample>,
 }
 
-/// One request: when it was due to start, how long after that its response
-/// arrived (or it failed), and whether it succeeded with a 2xx.
+/// One request: when it started (its due time, if the server held it up
+/// past that), how long after that its response arrived (or it failed), and
+/// whether it succeeded with a 2xx.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
+    /// The first request on its connection (a new-connection client's, or a
+    /// keep-alive client's after a reconnect).
+    pub fresh: bool,
     pub due: Instant,
     pub latency: Duration,
     pub ok: bool,
@@ -68,6 +72,7 @@ impl Counts {
 
     fn failed(&mut self, due: Instant, at: Instant) {
         self.timeline.push(Sample {
+            fresh: true,
             due,
             latency: at.saturating_duration_since(due),
             ok: false,
@@ -119,14 +124,20 @@ pub async fn client(
     stop: watch::Receiver<bool>,
     max_requests: u64,
 ) -> Counts {
-    paced_client(addr, path, mode, stop, max_requests, None).await
+    paced_client(addr, path, mode, stop, max_requests, None, Duration::ZERO).await
 }
 
-/// As [`client`], at a fixed rate: one request due every `pace`. The rate
-/// does not bend to the server: a request that could not start on time
-/// (the previous one was slow) starts as soon as it can, and its latency
-/// counts from when it was due, so a stall shows in full instead of hiding
-/// behind the requests never sent during it (coordinated omission). Pacing
+/// As [`client`], at a fixed rate: one request due every `pace`, the first
+/// after `offset` (clients started together spread their requests over the
+/// period this way, instead of all sending at once).
+///
+/// The rate does not bend to the server. A request that could not start on
+/// time because the server was still answering the previous one starts as
+/// soon as it can, and its latency counts from when it was due: a stall
+/// shows in full instead of hiding behind the requests never sent during it
+/// (coordinated omission). Lateness that is only the client's own timer
+/// (tokio's is 1 ms coarse) does not count. A new-connection client opens
+/// its connection when the request is due, so connecting counts too. Pacing
 /// also bounds how many loopback ports new connections use.
 pub async fn paced_client(
     addr: SocketAddr,
@@ -135,20 +146,43 @@ pub async fn paced_client(
     mut stop: watch::Receiver<bool>,
     max_requests: u64,
     pace: Option<Duration>,
+    offset: Duration,
 ) -> Counts {
     let mut counts = Counts::default();
     let mut sent = 0;
     let mut ticks = pace.map(|pace| {
-        let mut ticks = tokio::time::interval(pace);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, pace);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         ticks
     });
+    // When the last response arrived: a request due before then was held
+    // up by the server.
+    let mut last_done = Instant::now();
+    let next_start = async |ticks: &mut Option<tokio::time::Interval>, last_done: Instant| {
+        match ticks.as_mut() {
+            Some(ticks) => {
+                let due = ticks.tick().await.into_std();
+                if last_done > due { due } else { Instant::now() }
+            }
+            None => Instant::now(),
+        }
+    };
     'connections: while !*stop.borrow() && sent < max_requests {
+        // A new-connection client's request is due before it connects.
+        let mut first = match mode {
+            Mode::NewConnection => Some(next_start(&mut ticks, last_done).await),
+            Mode::KeepAlive => None,
+        };
+        if *stop.borrow() {
+            break;
+        }
+        let connect_start = first.unwrap_or_else(Instant::now);
         let stream = match tokio::net::TcpStream::connect(addr).await {
             Ok(s) => s,
             Err(err) => {
                 counts.error(format!("connect: {:?}", err.kind()));
-                counts.failed(Instant::now(), Instant::now());
+                counts.failed(connect_start, Instant::now());
+                last_done = Instant::now();
                 continue;
             }
         };
@@ -157,14 +191,17 @@ pub async fn paced_client(
                 Ok(pair) => pair,
                 Err(err) => {
                     counts.error(format!("handshake: {err}"));
+                    counts.failed(connect_start, Instant::now());
+                    last_done = Instant::now();
                     continue;
                 }
             };
         let conn = tokio::spawn(conn);
+        let mut fresh = true;
         loop {
-            let due = match ticks.as_mut() {
-                Some(ticks) => ticks.tick().await.into_std(),
-                None => Instant::now(),
+            let start = match first.take() {
+                Some(start) => start,
+                None => next_start(&mut ticks, last_done).await,
             };
             if *stop.borrow() || sent >= max_requests {
                 break;
@@ -181,12 +218,14 @@ pub async fn paced_client(
                 Ok::<_, hyper::Error>(parts)
             })
             .await;
+            last_done = Instant::now();
             match response {
                 Ok(Ok(parts)) => {
-                    let latency = due.elapsed();
+                    let latency = last_done - start;
                     counts.latencies.push(latency);
                     counts.timeline.push(Sample {
-                        due,
+                        fresh: std::mem::take(&mut fresh),
+                        due: start,
                         latency,
                         ok: parts.status.is_success(),
                     });
@@ -204,12 +243,12 @@ pub async fn paced_client(
                 }
                 Ok(Err(err)) => {
                     counts.error(format!("request: {err}"));
-                    counts.failed(due, Instant::now());
+                    counts.failed(start, last_done);
                     continue 'connections;
                 }
                 Err(_) => {
                     counts.error("request: timed out");
-                    counts.failed(due, Instant::now());
+                    counts.failed(start, last_done);
                     continue 'connections;
                 }
             }
@@ -250,6 +289,11 @@ pub fn spawn_clients(
             Mode::NewConnection
         };
         let stop = stop.clone();
+        // Scatter the clients' phases over one period (golden-ratio steps),
+        // so the offered load is smooth, not a burst every period.
+        let offset = pace.map_or(Duration::ZERO, |pace| {
+            pace.mul_f64((i as f64 * 0.618_033_988_75).fract())
+        });
         set.spawn(paced_client(
             addr,
             path,
@@ -257,6 +301,7 @@ pub fn spawn_clients(
             stop,
             max_requests_each,
             pace,
+            offset,
         ));
     }
     set
