@@ -223,6 +223,19 @@ struct Window {
     max: Duration,
 }
 
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests, p50 {} p99 {} max {}",
+            self.requests,
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max)
+        )
+    }
+}
+
 fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
     let mut sorted = values.to_vec();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -716,22 +729,10 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
         control,
         by_connection,
     };
+    println!("steady: {}", deploy.steady);
     println!(
-        "steady: {} requests, p50 {} p99 {} max {}",
-        deploy.steady.requests,
-        ms(deploy.steady.p50),
-        ms(deploy.steady.p99),
-        ms(deploy.steady.max)
-    );
-    println!(
-        "{ROLLOUTS} rollouts ({:?}): {} requests, p50 {} p99 {} max {}; errors {} {}",
-        deploy.rollouts_took,
-        deploy.rollouts.requests,
-        ms(deploy.rollouts.p50),
-        ms(deploy.rollouts.p99),
-        ms(deploy.rollouts.max),
-        deploy.errors,
-        deploy.error_kinds
+        "{ROLLOUTS} rollouts ({:?}): {}; errors {} {}",
+        deploy.rollouts_took, deploy.rollouts, deploy.errors, deploy.error_kinds
     );
     println!(
         "throughput: steady {:.0} req/s; lowest {BUCKET:?} bucket during rollouts {:.0} req/s",
@@ -745,11 +746,8 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
         ms(deploy.by_connection.1.p99)
     );
     println!(
-        "control, {ROLLOUTS} restarts of 2 sandboxed units serving nothing: {} requests, p50 {} p99 {} max {}",
-        deploy.control.requests,
-        ms(deploy.control.p50),
-        ms(deploy.control.p99),
-        ms(deploy.control.max)
+        "control, {ROLLOUTS} restarts of 2 sandboxed units serving nothing: {}",
+        deploy.control
     );
     println!(
         "CPU in use (whole machine): steady {:.0}%, during rollouts {:.0}%",
