@@ -880,22 +880,26 @@ fn draw(
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .unwrap();
-    let shade = RGBColor(255, 200, 120).mix(0.45);
-    chart
-        .draw_series(marks.iter().map(|(from, to)| {
-            Rectangle::new([(secs(*from), 0.05), (secs(*to), top)], shade.filled())
-        }))
-        .unwrap()
-        .label("a rollout (app rollout)")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], shade.filled()));
-    let grey = RGBColor(150, 150, 150).mix(0.35);
-    chart
-        .draw_series(controls.iter().map(|(from, to)| {
-            Rectangle::new([(secs(*from), 0.05), (secs(*to), top)], grey.filled())
-        }))
-        .unwrap()
-        .label("control: restarting 2 sandboxed units that serve nothing")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], grey.filled()));
+    for (spans, color, name) in [
+        (
+            marks,
+            RGBColor(255, 200, 120).mix(0.45),
+            "a rollout (app rollout)",
+        ),
+        (
+            controls,
+            RGBColor(150, 150, 150).mix(0.35),
+            "control: restarting 2 sandboxed units that serve nothing",
+        ),
+    ] {
+        chart
+            .draw_series(spans.iter().map(|(from, to)| {
+                Rectangle::new([(secs(*from), 0.05), (secs(*to), top)], color.filled())
+            }))
+            .unwrap()
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
     for (series, color, name) in [
         (&max, RGBColor(200, 40, 40), "max"),
         (&p99, RGBColor(40, 80, 200), "p99"),
