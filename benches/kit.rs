@@ -58,7 +58,8 @@ const TAIL: Duration = Duration::from_secs(3);
 const BUCKET: Duration = Duration::from_millis(100);
 
 /// The sections, by the names `cargo bench --bench kit -- NAME...` takes to
-/// run only some of them (then nothing is written but the plot).
+/// run only some of them (then the results, the README and the committed
+/// plot are left alone; the plot goes under the target directory).
 const SECTIONS: [&str; 4] = ["start", "steady", "connections", "systemd"];
 
 fn main() {
@@ -97,7 +98,7 @@ fn main() {
         match boot_blocker() {
             None => {
                 println!("== under systemd: instances, rollouts");
-                under_systemd(&mut report);
+                under_systemd(&mut report, only.is_empty());
             }
             Some(why) => {
                 println!("SKIPPED the systemd sections: {why}");
@@ -521,7 +522,7 @@ fn rollout(sd: &SystemdBox) -> Duration {
     took
 }
 
-fn under_systemd(report: &mut Report) {
+fn under_systemd(report: &mut Report, full_run: bool) {
     let addr = local_addr();
     let install = Install::project("")
         .file(
@@ -581,7 +582,7 @@ fn under_systemd(report: &mut Report) {
             .join(", ")
     );
 
-    report.deploy = Some(deploys(&sd, addr));
+    report.deploy = Some(deploys(&sd, addr, full_run));
 }
 
 /// The control for the deploy figures: app@.service's sandbox around a
@@ -623,7 +624,7 @@ fn restart_idle(sd: &SystemdBox) {
     }
 }
 
-fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
+fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr, full_run: bool) -> Deploy {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -754,7 +755,13 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Deploy {
         deploy.cpu_steady * 100.0,
         deploy.cpu_rollouts * 100.0
     );
-    let plot = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/rollouts.svg");
+    // Only a full run replaces the committed plot, so it always matches the
+    // committed table.
+    let plot = if full_run {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/rollouts.svg")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("rollouts.svg")
+    };
     draw(&plot, &timeline, t0, &marks, &controls);
     println!("plot: {}", plot.display());
     deploy
