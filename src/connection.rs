@@ -38,7 +38,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::drain;
-use crate::settings::ConnectionTimeouts;
+use crate::settings::{ConnectionTimeouts, Limits};
 
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
@@ -55,6 +55,92 @@ pub(crate) struct ConnectionContext {
     /// Connections that have not yet started their lingering close; what the
     /// deadline would cut.
     pub open: Arc<AtomicUsize>,
+    pub limits: Limits,
+    pub slots: Arc<Slots>,
+}
+
+/// The connections an instance holds, against `max_connections`.
+///
+/// A connection takes its slot when accepted and gives it back when its
+/// task ends, lingering close included, so the count is the file
+/// descriptors connections hold. At the limit the accept loop stops taking
+/// connections from the queue (they wait there, or a sibling instance takes
+/// them: nothing is refused) and raises `pressure`, which gives every idle
+/// keep-alive connection `idle_grace` to send a request before it is closed,
+/// as a drain does. This is nginx's answer to running out of connections
+/// (it closes idle keep-alive ones), with the grace our drains use so a
+/// client sending at that moment is not reset.
+pub(crate) struct Slots {
+    taken: AtomicUsize,
+    max: usize,
+    room: Notify,
+    /// Since when the server has been at its limit; `None` below it.
+    pressure: watch::Sender<Option<Instant>>,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            taken: AtomicUsize::new(0),
+            max,
+            room: Notify::new(),
+            pressure: watch::Sender::new(None),
+        }
+    }
+
+    /// Connections holding a slot.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    /// Waits until a connection may be accepted and takes its slot. Raises
+    /// the pressure at the limit, and lowers it only once a tenth of the
+    /// slots are free again: lowered as soon as one slot frees, it would be
+    /// raised anew by the next accept, restarting every idle connection's
+    /// grace, and only one connection would ever leave per grace.
+    pub async fn acquire(self: &Arc<Self>) -> Slot {
+        let low_water = self.max - self.max.div_ceil(10);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let taken = self.taken.load(Ordering::Acquire);
+            if taken < self.max {
+                if taken <= low_water {
+                    self.pressure
+                        .send_if_modified(|since| since.take().is_some());
+                }
+                break;
+            }
+            self.pressure.send_if_modified(|since| {
+                let raised = since.is_none();
+                if raised {
+                    *since = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = self.max,
+                        "at max_connections: new connections wait in the queue; \
+                         closing idle keep-alive connections after idle_grace"
+                    );
+                }
+                raised
+            });
+            room.await;
+        }
+        self.taken.fetch_add(1, Ordering::AcqRel);
+        Slot(self.clone())
+    }
+}
+
+/// One connection's slot, given back when dropped.
+pub(crate) struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Only a release that makes room wakes the accept loop.
+        if self.0.taken.fetch_sub(1, Ordering::AcqRel) >= self.0.max {
+            self.0.room.notify_waiters();
+        }
+    }
 }
 
 /// Why an idle connection is being closed.
@@ -79,10 +165,12 @@ pub(crate) struct Activity {
 impl Activity {
     /// When, and why, to close this connection if nothing else happens first.
     /// `None` while a request is in flight: finishing it is the handler's business.
+    /// `shed_since`: since when the server has been closing idle connections
+    /// (a drain, or being at `max_connections`).
     pub(crate) fn close_at(
         &self,
         timeouts: &ConnectionTimeouts,
-        drain_started: Option<Instant>,
+        shed_since: Option<Instant>,
     ) -> Option<(Instant, CloseReason)> {
         if self.in_flight > 0 {
             return None;
@@ -91,14 +179,14 @@ impl Activity {
             return Some((started + timeouts.header_read, CloseReason::HeaderTimeout));
         }
         let idle_end = (self.idle_since + timeouts.idle, CloseReason::IdleTimeout);
-        match drain_started {
+        match shed_since {
             None => Some(idle_end),
-            Some(drain) => {
+            Some(shed) => {
                 // The grace counts from when the connection became idle or the
-                // drain began, whichever is later: a client that just got a
+                // shedding began, whichever is later: a client that just got a
                 // keep-alive response may reuse the connection.
                 let grace_end = (
-                    self.idle_since.max(drain) + timeouts.idle_grace,
+                    self.idle_since.max(shed) + timeouts.idle_grace,
                     CloseReason::DrainGrace,
                 );
                 Some(if grace_end.0 < idle_end.0 {
@@ -129,16 +217,24 @@ struct Shared {
 
 struct State {
     activity: Activity,
-    /// What the loop last saw of the settings and the drain.
+    /// What the loop last saw of the settings, the drain and the pressure.
     timeouts: ConnectionTimeouts,
     drain_started: Option<Instant>,
+    pressure_since: Option<Instant>,
     /// When the loop's timer fires; `None` when it armed none.
     armed: Option<Instant>,
+    /// Whether the client has sent anything at all.
+    heard: bool,
 }
 
 impl State {
     fn close_at(&self) -> Option<(Instant, CloseReason)> {
-        self.activity.close_at(&self.timeouts, self.drain_started)
+        // Idle connections go after the grace from whichever came first.
+        let shed_since = match (self.drain_started, self.pressure_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.activity.close_at(&self.timeouts, shed_since)
     }
 
     /// Whether the close is now due before the loop's timer would fire.
@@ -182,6 +278,7 @@ impl Shared {
 
     fn bytes_arrived(&self) {
         let mut state = self.lock();
+        state.heard = true;
         if state.activity.in_flight == 0 && state.activity.head_started.is_none() {
             state.activity.head_started = Some(Instant::now());
         }
@@ -218,11 +315,12 @@ enum Event {
     DrainStarted(Instant),
     Changed,
     Reloaded(bool),
+    Pressure(bool),
     Timer,
 }
 
 /// Serves one accepted connection until it is closed.
-pub(crate) async fn serve<I, S, B>(io: I, service: S, mut ctx: ConnectionContext)
+pub(crate) async fn serve<I, S, B>(io: I, service: S, mut ctx: ConnectionContext, slot: Slot)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -233,6 +331,7 @@ where
 {
     ctx.open.fetch_add(1, Ordering::Relaxed);
     let open = Open(ctx.open.clone());
+    let mut pressure = ctx.slots.pressure.subscribe();
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             activity: Activity {
@@ -242,7 +341,9 @@ where
             },
             timeouts: *ctx.timeouts.borrow_and_update(),
             drain_started: ctx.drain.started_at(),
+            pressure_since: *pressure.borrow_and_update(),
             armed: None,
+            heard: false,
         }),
         changed: Notify::new(),
     });
@@ -254,17 +355,21 @@ where
         inner: service,
         shared: shared.clone(),
         drain: ctx.drain.clone(),
+        max_body_bytes: ctx.limits.max_body_bytes,
     };
     let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         // Our own header and idle timeouts replace hyper's, which would also
         // bound the keep-alive idle time by the header timeout.
         .header_read_timeout(None)
+        // A head that does not fit gets 431 from hyper.
+        .max_buf_size(ctx.limits.max_header_bytes)
         .keep_alive(true)
         .serve_connection(io, service);
 
     let mut drain_started = ctx.drain.started_at();
     let mut reloads_open = true;
+    let mut pressure_open = true;
     let mut close_requested = false;
     // One timer for the connection's life, moved rather than recreated.
     let timer = tokio::time::sleep_until(tokio::time::Instant::now());
@@ -296,7 +401,8 @@ where
             let draining = ctx.drain.draining();
             let reloaded = ctx.timeouts.changed();
             let changed = shared.changed.notified();
-            tokio::pin!(cut, draining, reloaded, changed);
+            let pressured = pressure.changed();
+            tokio::pin!(cut, draining, reloaded, changed, pressured);
             // Poll every control future once, so each has its waker.
             control.woken.store(true, Ordering::Release);
             poll_fn(|cx| {
@@ -325,6 +431,9 @@ where
                 if changed.as_mut().poll(&mut cx).is_ready() {
                     return Poll::Ready(Event::Changed);
                 }
+                if pressure_open && let Poll::Ready(changed) = pressured.as_mut().poll(&mut cx) {
+                    return Poll::Ready(Event::Pressure(changed.is_ok()));
+                }
                 if timer_at.is_some() && timer.as_mut().poll(&mut cx).is_ready() {
                     return Poll::Ready(Event::Timer);
                 }
@@ -340,6 +449,10 @@ where
             Event::Reloaded(open) => {
                 reloads_open = open;
                 shared.lock().timeouts = *ctx.timeouts.borrow_and_update();
+            }
+            Event::Pressure(open) => {
+                pressure_open = open;
+                shared.lock().pressure_since = *pressure.borrow_and_update();
             }
             Event::Timer => {
                 timer_at = None;
@@ -375,7 +488,16 @@ where
     });
     let io = conn.into_parts().io.into_inner().inner;
     drop(open);
+    // A connection whose client never sent a byte has no response to
+    // protect and nothing unread to draw a reset: it closes at once instead
+    // of lingering. An idle flood gives its slots back after the grace, not
+    // the grace and the linger.
+    let farewell = match farewell {
+        Farewell::None if !shared.lock().heard => Farewell::Unused,
+        farewell => farewell,
+    };
     linger(io, farewell, &ctx.cut).await;
+    drop(slot);
 }
 
 /// Wakes the connection's task on behalf of its control futures (the cut,
@@ -404,6 +526,8 @@ impl Wake for ControlWake {
 enum Farewell {
     None,
     RequestTimeout,
+    /// The client never sent a byte: close without lingering.
+    Unused,
 }
 
 const REQUEST_TIMEOUT: &[u8] =
@@ -423,7 +547,7 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
-    if io.shutdown().await.is_err() {
+    if io.shutdown().await.is_err() || matches!(farewell, Farewell::Unused) {
         return;
     }
     let drain_reads = async {
@@ -497,6 +621,7 @@ struct Tracking<S> {
     inner: S,
     shared: Arc<Shared>,
     drain: drain::Watch,
+    max_body_bytes: u64,
 }
 
 // Sound because `inner` is only ever used through `&self`; nothing pins it.
@@ -518,6 +643,13 @@ where
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_flight = self.shared.request_started();
+        // hyper's size hint is the Content-Length, exactly; a chunked body
+        // hints 0 and is the service's to cap as it reads.
+        let declared = request.body().size_hint().lower();
+        if declared > self.max_body_bytes {
+            let response = too_large(self.max_body_bytes, in_flight);
+            return Box::pin(async move { Ok(response) });
+        }
         let drain = self.drain.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -530,7 +662,7 @@ where
             Ok(Response::from_parts(
                 parts,
                 TrackedBody {
-                    inner: body,
+                    inner: Either::App { body },
                     _in_flight: in_flight,
                 },
             ))
@@ -538,33 +670,73 @@ where
     }
 }
 
+/// 413, without calling the service. The body is never read (nor is a
+/// `100 Continue` sent), so the connection closes after it.
+fn too_large<B>(max: u64, in_flight: InFlight) -> Response<TrackedBody<B>> {
+    let text = format!("request body larger than {max} bytes\n");
+    let mut response = Response::new(TrackedBody {
+        inner: Either::Kit {
+            bytes: Some(Bytes::from(text)),
+        },
+        _in_flight: in_flight,
+    });
+    *response.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 pin_project_lite::pin_project! {
     /// A response body that keeps its request counted as in flight until
     /// hyper is done with it.
     pub(crate) struct TrackedBody<B> {
         #[pin]
-        inner: B,
+        inner: Either<B>,
         _in_flight: InFlight,
     }
 }
 
-impl<B: Body> Body for TrackedBody<B> {
-    type Data = B::Data;
+pin_project_lite::pin_project! {
+    /// The app's body, or one the kit answered with itself.
+    #[project = EitherProj]
+    enum Either<B> {
+        App { #[pin] body: B },
+        Kit { bytes: Option<Bytes> },
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for TrackedBody<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        match self.project().inner.project() {
+            EitherProj::App { body } => body.poll_frame(cx),
+            EitherProj::Kit { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Either::App { body } => body.is_end_stream(),
+            Either::Kit { bytes } => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Either::App { body } => body.size_hint(),
+            Either::Kit { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

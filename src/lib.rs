@@ -17,7 +17,8 @@
 //! - what "draining" means and who sees it: [`drain`];
 //! - serving and the drain's order and deadline: [`server`]; one connection's
 //!   keep-alive, timeouts and clean close: `connection`;
-//! - settings from flags, environment and file: [`settings`];
+//! - settings from flags, environment and file: [`settings`]; whether the
+//!   connections they allow fit the file descriptor limit: [`fds`];
 //! - signals as intents: [`signals`]; logs: [`logging`];
 //! - the process from start to exit code: [`lifecycle`];
 //! - the deploy verb, restarting instances one at a time: [`rollout`];
@@ -30,6 +31,7 @@
 pub mod activation;
 mod connection;
 pub mod drain;
+pub mod fds;
 pub mod lifecycle;
 pub mod listeners;
 pub mod logging;

@@ -106,7 +106,7 @@ where
         drain,
         settings: settings_rx,
     });
-    let server = Server::start(listeners, service, trigger, timeouts_rx)?;
+    let server = Server::start(listeners, service, trigger, timeouts_rx, settings.limits)?;
     let status = format!("serving http on {}", server.listening().join(", "));
     tracing::info!(
         instance = %settings.instance,

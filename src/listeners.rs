@@ -19,6 +19,16 @@ use listenfd::ListenFd;
 
 use crate::activation::{self, ActivationEnv, ActivationError, PassedFd};
 
+/// What to do when systemd passes no socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Bind this address ourselves (running by hand, `cargo run`).
+    Bind(SocketAddr),
+    /// Fail: under a unit with `PrivateNetwork=yes`, an address of our own
+    /// would be in an empty network namespace, ready and serving nobody.
+    Refuse,
+}
+
 /// A listening socket, not yet registered with a tokio runtime.
 #[derive(Debug)]
 pub enum StdListener {
@@ -54,6 +64,11 @@ pub enum ListenerError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "no socket passed (LISTEN_FDS is not set) and require_socket is on: \
+         start app through its socket unit, or drop --require-socket to bind --listen"
+    )]
+    NoSocket,
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -85,7 +100,7 @@ impl fmt::Display for Listener {
     }
 }
 
-/// The listeners for this process: those systemd passed, or `default_addr` bound here.
+/// The listeners for this process: those systemd passed, or what `fallback` says.
 ///
 /// Returns also the passed fds that are not the app's (already closed).
 ///
@@ -94,7 +109,7 @@ impl fmt::Display for Listener {
 /// `LISTEN_FDNAMES`) so child processes do not inherit them: call it before any
 /// other thread exists, in particular before the tokio runtime starts.
 pub unsafe fn take_from_env(
-    default_addr: SocketAddr,
+    fallback: Fallback,
 ) -> Result<(Vec<Listener>, Vec<PassedFd>), ListenerError> {
     let env = ActivationEnv::from_process_env();
     let parsed = env.parse(std::process::id());
@@ -109,7 +124,10 @@ pub unsafe fn take_from_env(
         }
     }
     let Some(fds) = parsed? else {
-        return Ok((vec![bind(default_addr)?], Vec::new()));
+        return match fallback {
+            Fallback::Bind(addr) => Ok((vec![bind(addr)?], Vec::new())),
+            Fallback::Refuse => Err(ListenerError::NoSocket),
+        };
     };
     let assignment = activation::assign(fds)?;
     for unused in &assignment.unused {

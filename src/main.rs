@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use handover::fds;
 use handover::lifecycle::{self, Startup};
-use handover::listeners;
+use handover::listeners::{self, Fallback};
 use handover::logging::{self, Destination};
 use handover::notify::{ManagerEnv, Notifier};
 use handover::rollout::{self, RolloutArgs};
@@ -69,7 +70,10 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
     let result = match cli.command {
         Some(Cmd::Rollout(args)) => rollout::run(&args, &mut std::io::stdout())
             .map(|_| ExitCode::SUCCESS)
@@ -82,11 +86,36 @@ fn main() -> ExitCode {
     })
 }
 
+/// Help and version as clap prints them; a usage error as one line, like
+/// every other error (journal readers see one entry, not three).
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or("bad usage");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("app: usage error: {first} (see app --help)");
+    ExitCode::from(2)
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&args)?;
+    let fd_limit = fds::raise_soft_limit().context("cannot read the file descriptor limit")?;
+    fds::check(settings.limits.max_connections, fd_limit)?;
     // SAFETY (both): no other thread exists yet; the runtime starts below.
     let manager = unsafe { ManagerEnv::take() };
-    let (listeners, unused) = unsafe { listeners::take_from_env(settings.listen)? };
+    let fallback = if settings.require_socket {
+        Fallback::Refuse
+    } else {
+        Fallback::Bind(settings.listen)
+    };
+    let (listeners, unused) = unsafe { listeners::take_from_env(fallback)? };
     let destination = Destination::detect(std::env::var("JOURNAL_STREAM").ok().as_deref());
     let log = logging::init(&settings.log_level, destination)?;
     for fd in unused {

@@ -9,6 +9,7 @@
 //! | `/version` | JSON: crate version, instance name, pid |
 //! | `/slow?ms=N` | answers after N ms, capped at `slow_max` |
 //! | `/events` | server-sent events, one a second, ending when the drain starts |
+//! | `POST /echo` | reads the body (up to `max_body_bytes`, else 413) and says how long it was |
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,9 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
@@ -57,12 +58,14 @@ impl App {
 
     async fn route(&self, request: Request<Incoming>) -> Response<AppBody> {
         tracing::debug!(method = %request.method(), uri = %request.uri(), "request");
+        if request.uri().path() == "/echo" {
+            return match *request.method() {
+                Method::POST => self.echo(request.into_body()).await,
+                _ => not_allowed("POST"),
+            };
+        }
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
+            return not_allowed("GET, HEAD");
         }
         let inner = &self.inner;
         match request.uri().path() {
@@ -106,6 +109,35 @@ impl App {
         )
     }
 
+    /// Reads the whole body, capped at `max_body_bytes`. The kit already
+    /// answered 413 to a larger Content-Length; a chunked body has no length
+    /// up front, so the cap applies as it arrives.
+    async fn echo(&self, body: Incoming) -> Response<AppBody> {
+        let max = self.inner.ctx.settings.borrow().limits.max_body_bytes;
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        match Limited::new(body, max).collect().await {
+            Ok(body) => text(
+                StatusCode::OK,
+                format!("received {} bytes\n", body.to_bytes().len()),
+            ),
+            Err(err) if err.is::<LengthLimitError>() => {
+                let mut response = text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {max} bytes\n"),
+                );
+                // The rest of the body is unread: the connection cannot carry
+                // another request.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
+            // The client went away or sent a broken chunk; hyper has closed
+            // the connection, and nobody reads this.
+            Err(_) => text(StatusCode::BAD_REQUEST, "broken request body\n"),
+        }
+    }
+
     fn events(&self) -> Response<AppBody> {
         let drain = self.inner.ctx.drain.clone();
         let body = Events {
@@ -134,6 +166,14 @@ impl Service<Request<Incoming>> for App {
         let app = self.clone();
         Box::pin(async move { Ok(app.route(request).await) })
     }
+}
+
+fn not_allowed(allow: &'static str) -> Response<AppBody> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AppBody> {

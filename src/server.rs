@@ -22,10 +22,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, BoxError, ConnectionContext};
+use crate::connection::{self, BoxError, ConnectionContext, Slots};
 use crate::drain;
 use crate::listeners::{Listener, StdListener};
-use crate::settings::ConnectionTimeouts;
+use crate::settings::{ConnectionTimeouts, Limits};
 
 /// How often drain progress is reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -40,6 +40,7 @@ pub struct Server {
     connections: TaskTracker,
     cut: CancellationToken,
     open: Arc<AtomicUsize>,
+    slots: Arc<Slots>,
     listening: Vec<String>,
 }
 
@@ -96,11 +97,13 @@ impl Server {
     ///
     /// `trigger` is the drain trigger whose watches the service may hold (to
     /// answer `/readyz` or end streams); the server pulls it in [`Server::drain`].
+    /// `timeouts` may change while it serves; `limits` are fixed.
     pub fn start<S, B>(
         listeners: Vec<Listener>,
         service: S,
         trigger: drain::Trigger,
         timeouts: watch::Receiver<ConnectionTimeouts>,
+        limits: Limits,
     ) -> io::Result<Server>
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -115,6 +118,8 @@ impl Server {
             timeouts,
             cut: CancellationToken::new(),
             open: Arc::new(AtomicUsize::new(0)),
+            limits,
+            slots: Arc::new(Slots::new(limits.max_connections)),
         };
         let listening = listeners.iter().map(ToString::to_string).collect();
         let mut accept_loops = Vec::with_capacity(listeners.len());
@@ -141,6 +146,7 @@ impl Server {
             connections,
             cut: ctx.cut,
             open: ctx.open,
+            slots: ctx.slots,
             listening,
         })
     }
@@ -153,6 +159,12 @@ impl Server {
     /// Connections currently open (not yet closing).
     pub fn connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections holding a file descriptor, closing ones included; at most
+    /// `max_connections`.
+    pub fn connection_fds(&self) -> usize {
+        self.slots.taken()
     }
 
     /// Stops accepting, lets every connection finish, and cuts those still
@@ -205,6 +217,7 @@ pub async fn serve<S, B>(
     service: S,
     trigger: drain::Trigger,
     timeouts: watch::Receiver<ConnectionTimeouts>,
+    limits: Limits,
     deadline: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<DrainReport>
@@ -215,7 +228,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let server = Server::start(listeners, service, trigger, timeouts)?;
+    let server = Server::start(listeners, service, trigger, timeouts, limits)?;
     shutdown.await;
     Ok(server.drain(deadline, |_| {}).await)
 }
@@ -235,6 +248,12 @@ async fn accept_loop<L, S, B>(
 {
     let drain = ctx.drain.clone();
     loop {
+        // At max_connections this waits, and connections wait in the queue.
+        let slot = tokio::select! {
+            biased;
+            _ = drain.draining() => break,
+            slot = ctx.slots.acquire() => slot,
+        };
         let accepted = tokio::select! {
             // Checked first: once draining, we take nothing more from the queue.
             biased;
@@ -243,7 +262,7 @@ async fn accept_loop<L, S, B>(
         };
         match accepted {
             Ok(io) => {
-                connections.spawn(connection::serve(io, service.clone(), ctx.clone()));
+                connections.spawn(connection::serve(io, service.clone(), ctx.clone(), slot));
             }
             Err(err) if is_transient(&err) => {}
             Err(err) => {

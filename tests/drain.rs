@@ -3,135 +3,14 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use handover::drain;
-use handover::lifecycle::ServiceContext;
-use handover::listeners::{Listener, StdListener};
-use handover::routes::{App, AppBody};
-use handover::server::{DrainReport, Server};
-use handover::settings::{ConnectionTimeouts, FileSettings, ServeArgs, Settings};
-use hyper::body::Incoming;
-use hyper::service::Service;
-use hyper::{Request, Response};
+use handover::settings::ConnectionTimeouts;
+
+use support::inprocess::{GRACE, TestServer, timeouts};
 use support::load::{self, Mode};
 use support::raw::{End, RawConn};
-use tokio::sync::{mpsc, oneshot, watch};
-
-const GRACE: Duration = Duration::from_millis(400);
-
-fn timeouts() -> ConnectionTimeouts {
-    ConnectionTimeouts {
-        header_read: Duration::from_millis(800),
-        idle: Duration::from_secs(30),
-        idle_grace: GRACE,
-    }
-}
-
-/// The reference app, reporting each request path as it enters, so a test can
-/// wait for "the server has this request" instead of sleeping.
-#[derive(Clone)]
-struct Observed {
-    app: App,
-    entered: mpsc::UnboundedSender<String>,
-}
-
-impl Service<Request<Incoming>> for Observed {
-    type Response = Response<AppBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let _ = self.entered.send(request.uri().to_string());
-        self.app.call(request)
-    }
-}
-
-struct TestServer {
-    addr: SocketAddr,
-    /// Sees the drain start, as the connections do.
-    drain: drain::Watch,
-    entered: mpsc::UnboundedReceiver<String>,
-    shutdown: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<DrainReport>,
-    /// What a reload sends the connections.
-    timeouts: watch::Sender<ConnectionTimeouts>,
-}
-
-impl TestServer {
-    /// Serves a clone of `socket`, the way every instance gets a copy of the fd
-    /// systemd holds: dropping ours does not close the socket.
-    fn on(socket: &std::net::TcpListener, deadline: Duration) -> Self {
-        let socket = socket.try_clone().expect("clone the listening socket");
-        socket.set_nonblocking(true).unwrap();
-        let addr = socket.local_addr().unwrap();
-        let listener = Listener {
-            socket: StdListener::Tcp(socket),
-            passed: None,
-        };
-        let settings = Settings::resolve(&ServeArgs::default(), &FileSettings::default()).unwrap();
-        let (_, settings_rx) = watch::channel(settings);
-        let (timeouts_tx, timeouts_rx) = watch::channel(timeouts());
-        let (trigger, drain) = drain::channel();
-        let (entered_tx, entered) = mpsc::unbounded_channel();
-        let app = Observed {
-            app: App::new(ServiceContext {
-                drain: drain.clone(),
-                settings: settings_rx,
-            }),
-            entered: entered_tx,
-        };
-        let server = Server::start(vec![listener], app, trigger, timeouts_rx).unwrap();
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            let _ = stop.await;
-            server.drain(deadline, |_| {}).await
-        });
-        TestServer {
-            addr,
-            drain,
-            entered,
-            shutdown: Some(shutdown),
-            done,
-            timeouts: timeouts_tx,
-        }
-    }
-
-    fn start(deadline: Duration) -> (Self, std::net::TcpListener) {
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        (Self::on(&socket, deadline), socket)
-    }
-
-    async fn wait_entered(&mut self, path: &str) {
-        let limit = Duration::from_secs(10);
-        loop {
-            let entered = tokio::time::timeout(limit, self.entered.recv())
-                .await
-                .expect("the request did not reach the server")
-                .expect("the server is gone");
-            if entered == path {
-                return;
-            }
-        }
-    }
-
-    /// Starts the drain and returns once it has begun.
-    async fn begin_drain(&mut self) -> Instant {
-        self.shutdown.take().unwrap().send(()).unwrap();
-        self.drain.draining().await
-    }
-
-    async fn report(self) -> DrainReport {
-        tokio::time::timeout(Duration::from_secs(20), self.done)
-            .await
-            .expect("the drain did not end")
-            .unwrap()
-    }
-}
+use tokio::sync::watch;
 
 #[tokio::test]
 async fn an_in_flight_request_completes_after_the_drain_starts() {

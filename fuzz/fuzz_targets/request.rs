@@ -1,0 +1,122 @@
+//! The request path: any bytes a client sends, over a real socket, through
+//! the kit's connection handling (timeouts, drain tracking, lingering close)
+//! and the reference app's routes. The server answers with HTTP or closes;
+//! it never answers 5xx, never panics, and never keeps a connection open
+//! after its client has gone.
+#![no_main]
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use handover::drain;
+use handover::lifecycle::ServiceContext;
+use handover::listeners::{Listener, StdListener};
+use handover::routes::App;
+use handover::server::Server;
+use handover::settings::{ServeArgs, Settings};
+use libfuzzer_sys::fuzz_target;
+use tokio::sync::watch;
+
+/// One server for the whole run: state that outlives a connection (a leak,
+/// a stuck task) builds up where the checks below see it.
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    server: Server,
+    path: PathBuf,
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("app-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("http.sock");
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixListener::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        // /slow answers at once; the timeouts are short so that a head the
+        // input leaves unfinished costs milliseconds, not the default 10s.
+        let args = ServeArgs {
+            slow_max: Some(Duration::from_millis(1)),
+            header_read_timeout: Some(Duration::from_millis(200)),
+            idle_timeout: Some(Duration::from_millis(200)),
+            ..ServeArgs::default()
+        };
+        let settings = Settings::resolve(&args, &Default::default()).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (timeouts_tx, timeouts) = watch::channel(settings.timeouts);
+        std::mem::forget(timeouts_tx);
+        let (settings_tx, settings_rx) = watch::channel(settings);
+        std::mem::forget(settings_tx);
+        let (trigger, drain) = drain::channel();
+        let app = App::new(ServiceContext {
+            drain,
+            settings: settings_rx,
+        });
+        let listener = Listener {
+            socket: StdListener::Unix(socket),
+            passed: None,
+        };
+        let server = {
+            let _enter = runtime.enter();
+            Server::start(vec![listener], app, trigger, timeouts, Default::default()).unwrap()
+        };
+        Harness {
+            runtime,
+            server,
+            path,
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let harness = harness();
+    let _ = &harness.runtime;
+    let mut client = UnixStream::connect(&harness.path).unwrap();
+    // The server may close before reading everything (after a 400, say).
+    let _ = client.write_all(data);
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let started = Instant::now();
+    let mut chunk = [0u8; 16 * 1024];
+    // Bounded: /events streams until the client leaves.
+    while answer.len() < 1 << 20 && started.elapsed() < Duration::from_millis(500) {
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    drop(client);
+    if !answer.is_empty() {
+        assert!(
+            answer.starts_with(b"HTTP/1.1 "),
+            "not an HTTP response: {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(200)])
+        );
+        for status in answer.windows(10).filter(|w| w.starts_with(b"HTTP/1.1 ")) {
+            assert_ne!(status[9], b'5', "a 5xx answer to {:?}", String::from_utf8_lossy(data));
+        }
+    }
+    // Its client has gone: the connection must end (after its lingering
+    // close, which sees the client's FIN at once).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while harness.server.connections() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections outlived their client; input {:?}",
+            harness.server.connections(),
+            String::from_utf8_lossy(data)
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+});
