@@ -344,3 +344,191 @@ fn a_passed_regular_file_is_named() {
         "{stderr}"
     );
 }
+
+/// Runs `app` to its exit and returns the exit code and its stderr, which
+/// must be exactly one line: the error, as the journal shows it.
+fn one_line_failure(command: &mut Command, what: &str) -> (i32, String) {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let code = output.status.code().unwrap_or(-1);
+    assert!(
+        code == 1 || code == 2,
+        "{what}: exit status {:?}, stderr:\n{stderr}",
+        output.status
+    );
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: not one line:\n{stderr}");
+    assert!(lines[0].starts_with("app: "), "{what}: {stderr}");
+    (code, lines[0].to_owned())
+}
+
+/// Every combination of set, unset and malformed LISTEN_PID, LISTEN_FDS and
+/// LISTEN_FDNAMES, with no fd open past stderr (so a well-formed one names
+/// a closed fd) and --require-socket (so none binds an address instead):
+/// each is one line on stderr and exit status 1.
+#[test]
+fn every_malformed_activation_environment_is_one_line_and_exit_1() {
+    // "$$" is the app's own pid: the shell execs it.
+    let pids = [
+        None,
+        Some("$$"),
+        Some("1"),
+        Some("abc"),
+        Some(""),
+        Some("-5"),
+    ];
+    let fds = [
+        None,
+        Some("0"),
+        Some("1"),
+        Some("3"),
+        Some("abc"),
+        Some("-1"),
+        Some(""),
+        Some("99999"),
+        Some("18446744073709551617"),
+    ];
+    let names = [
+        None,
+        Some("http"),
+        Some("a:b"),
+        Some(""),
+        Some("http:x:y"),
+        Some("web"),
+        Some("::"),
+    ];
+    let mut messages = std::collections::BTreeSet::new();
+    let mut runs = 0;
+    for pid in pids {
+        for count in fds {
+            for name in names {
+                let mut script = String::from("exec 3>&- 4>&- 5>&-; ");
+                for (var, value) in [
+                    ("LISTEN_PID", pid),
+                    ("LISTEN_FDS", count),
+                    ("LISTEN_FDNAMES", name),
+                ] {
+                    if let Some(value) = value {
+                        script.push_str(&format!("export {var}=\"{value}\"; "));
+                    }
+                }
+                script.push_str("exec \"$0\" --require-socket");
+                let what =
+                    format!("LISTEN_PID={pid:?} LISTEN_FDS={count:?} LISTEN_FDNAMES={name:?}");
+                let (code, line) = one_line_failure(
+                    Command::new("sh").args(["-c", &script, app_binary()]),
+                    &what,
+                );
+                assert_eq!(code, 1, "{what}: {line}");
+                runs += 1;
+                // The message without the values that vary.
+                messages.insert(
+                    line.split(['"', '=', '(', ';'])
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    println!("{runs} activation environments, each one line and exit 1; the kinds of message:");
+    for message in &messages {
+        println!("  {message}");
+    }
+    assert!(messages.len() >= 8, "{messages:#?}");
+}
+
+/// Every setting, given a bad value as a flag, as an APP_* variable and in
+/// the settings file: one line naming the setting, and a failure (2 for a
+/// flag or variable clap cannot parse, 1 otherwise).
+#[test]
+fn every_bad_setting_is_one_line_naming_it() {
+    // (setting, value as a flag or variable, value as TOML)
+    let cases: &[(&str, &str, &str)] = &[
+        ("drain_deadline", "0s", "\"0s\""),
+        ("drain_deadline", "soon", "\"soon\""),
+        ("drain_deadline", "2h", "7200"),
+        ("idle_grace", "10m", "\"10m\""),
+        ("idle_grace", "-1s", "-1"),
+        ("header_read_timeout", "0", "0"),
+        ("header_read_timeout", "1 fortnight", "\"1 fortnight\""),
+        (
+            "idle_timeout",
+            "99999999999999999999s",
+            "\"99999999999999999999s\"",
+        ),
+        ("slow_max", "", "\"\""),
+        ("listen", "nowhere", "\"nowhere\""),
+        ("listen", "127.0.0.1:99999", "\"127.0.0.1:99999\""),
+        ("instance", "", "\"\""),
+        ("instance", "a\tb", "\"a\\tb\""),
+        ("log_level", "loud=[", "\"loud=[\""),
+        ("max_connections", "0", "0"),
+        ("max_connections", "-1", "-1"),
+        ("max_connections", "2000000", "2000000"),
+        ("max_connections", "many", "\"many\""),
+        ("max_header_bytes", "100", "100"),
+        ("max_header_bytes", "1e9", "1e9"),
+        ("max_body_bytes", "-1", "-1"),
+        ("max_body_bytes", "1MB", "\"1MB\""),
+        ("require_socket", "maybe", "\"maybe\""),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = 0;
+    for (name, flag_value, toml_value) in cases {
+        let flag = format!("--{}", name.replace('_', "-"));
+        let var = format!("APP_{}", name.to_uppercase());
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, format!("{name} = {toml_value}\n")).unwrap();
+        let ways: [(&str, Command); 3] = [
+            ("flag", {
+                let mut c = Command::new(app_binary());
+                c.args(["--require-socket", &format!("{flag}={flag_value}")]);
+                c
+            }),
+            ("variable", {
+                let mut c = Command::new(app_binary());
+                c.arg("--require-socket").env(&var, flag_value);
+                c
+            }),
+            ("file", {
+                let mut c = Command::new(app_binary());
+                c.args(["--require-socket", "--config", path_str(&file)]);
+                c
+            }),
+        ];
+        for (way, mut command) in ways {
+            if *name == "require_socket" && way == "flag" {
+                continue; // the flag takes no value; its variable and key do
+            }
+            let what = format!("{name} = {flag_value:?} as a {way}");
+            let (code, line) = one_line_failure(&mut command, &what);
+            let named = line.contains(name) || line.contains(&flag);
+            assert!(
+                named,
+                "{what}: the message does not name the setting: {line}"
+            );
+            if way == "file" {
+                assert_eq!(code, 1, "{what}: {line}");
+            }
+            runs += 1;
+        }
+    }
+    // A file that is not TOML at all, and one with a key that does not exist.
+    for (text, expect) in [
+        ("drain_deadline = ", "settings file"),
+        ("drain_dedline = \"1s\"", "unknown field `drain_dedline`"),
+    ] {
+        let file = dir.path().join("broken.toml");
+        std::fs::write(&file, text).unwrap();
+        let (code, line) = one_line_failure(
+            Command::new(app_binary()).args(["--require-socket", "--config", path_str(&file)]),
+            text,
+        );
+        assert_eq!(code, 1);
+        assert!(line.contains(expect), "{text}: {line}");
+        runs += 1;
+    }
+    println!("{runs} bad settings, each one line naming the setting");
+}
