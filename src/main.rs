@@ -127,6 +127,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
+    #[cfg(feature = "fault-injection")]
+    handover::fault::install(runtime.handle().clone())
+        .context("cannot install the fault switch")?;
     let startup = Startup {
         args,
         settings,

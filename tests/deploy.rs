@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::load::Load;
-use support::process::{Process, free_port, http_get};
+use support::process::http_get;
 use support::service::{assert_no_loss, blocking, versions};
 use support::systemd::{Install, SystemdBox, can_boot};
 
@@ -18,18 +18,13 @@ const PACE: Duration = Duration::from_millis(50);
 const KEEP_ALIVE_CLIENTS: usize = 100;
 const NEW_CONN_CLIENTS: usize = 100;
 
-/// Boots a box with the project's units and settings, the socket moved to a
-/// free port by a drop-in (the README's way of changing the address).
+/// Boots a box with the project's units and settings, the socket on a free port.
 fn boot_with(settings: &str, extra: &[(&str, &str)]) -> (Arc<SystemdBox>, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut install = Install::project(settings).file(
-        "/etc/systemd/system/app.socket.d/listen.conf",
-        &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
-    );
+    let mut install = Install::project(settings);
     for (path, contents) in extra {
         install = install.file(path, contents);
     }
-    (Arc::new(SystemdBox::boot(install)), addr)
+    SystemdBox::boot_on_free_port(install)
 }
 
 fn boot(settings: &str) -> (Arc<SystemdBox>, SocketAddr) {
@@ -56,30 +51,6 @@ fn main_pid(sd: &SystemdBox, unit: &str) -> String {
 /// The main pids of the two default instances.
 fn pids(sd: &SystemdBox) -> [String; 2] {
     [main_pid(sd, "app@1.service"), main_pid(sd, "app@2.service")]
-}
-
-/// Follows the journal of `unit` as JSON lines, from its first entry, so a
-/// line written before journalctl opened the journal is not missed.
-fn follow_journal(sd: &SystemdBox, unit: &str) -> Process {
-    let pid = sd.pid.to_string();
-    Process::spawn(
-        "nsenter",
-        &[
-            "-t",
-            &pid,
-            "-m",
-            "-p",
-            "journalctl",
-            "-f",
-            "-n",
-            "all",
-            "-o",
-            "json",
-            "-u",
-            unit,
-        ],
-        &[],
-    )
 }
 
 #[test]
@@ -212,7 +183,7 @@ fn a_long_request_in_flight_survives_its_instance_restart() {
     }
     let (sd, addr) = boot("log_level = \"debug\"\n");
     sd.systemctl_ok(&["start", "app.socket", "app@1.service"]);
-    let mut journal = follow_journal(&sd, "app@1.service");
+    let mut journal = sd.follow_journal("app@1.service");
     let request = std::thread::spawn(move || http_get(addr, "/slow?ms=5000"));
     journal.wait_for_line(&["\"MESSAGE\":\"request\"", "/slow?ms=5000"]);
     let old = main_pid(&sd, "app@1.service");
@@ -359,8 +330,8 @@ async fn reload_applies_settings_without_dropping_requests() {
     let mut journals = blocking(&sd, |sd| {
         sd.write("/etc/app/app.toml", "slow_max = \"200ms\"\n");
         let journals = [
-            follow_journal(sd, "app@1.service"),
-            follow_journal(sd, "app@2.service"),
+            sd.follow_journal("app@1.service"),
+            sd.follow_journal("app@2.service"),
         ];
         let (ok, output) = rollout(sd, "/usr/bin/app", &["--config-only"]);
         assert!(ok, "{output}\n{}", sd.journal(&["app@1.service"]));
@@ -525,4 +496,62 @@ fn a_rollout_with_nothing_running_fails_unless_told_it_may() {
         "rollout: no app@ instance is running; nothing to do"
     );
     assert_eq!(sd.property("app@1.service", "ActiveState"), "inactive");
+}
+
+/// What the unit's hardening means for the running process: a dynamic user
+/// (not root), no capabilities at all, no new privileges, and a network
+/// namespace with loopback only, so it has no network of its own and
+/// serves only the socket systemd passes. The watchdog is on.
+#[test]
+fn an_instance_runs_unprivileged_with_no_network_but_its_socket() {
+    if !can_boot("an_instance_runs_unprivileged_with_no_network_but_its_socket") {
+        return;
+    }
+    let (sd, addr) = boot("");
+    sd.systemctl_ok(&["start", "app.socket", "app@1.service"]);
+    let pid = main_pid(&sd, "app@1.service");
+    let read = |path: &str| {
+        let out = sd.run("cat", &[&format!("/proc/{pid}/{path}")]);
+        assert!(out.status.success(), "cat /proc/{pid}/{path}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = read("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let uid: u32 = field("Uid")[0].parse().unwrap();
+    // systemd allocates dynamic users from 61184 to 65519.
+    assert!(
+        (61184..=65519).contains(&uid),
+        "uid {uid} is not a dynamic user"
+    );
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(caps), ["0000000000000000"], "{caps}");
+    }
+    assert_eq!(field("NoNewPrivs"), ["1"]);
+    let interfaces: Vec<String> = read("net/dev")
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert_eq!(interfaces, ["lo"], "the instance sees network interfaces");
+    let own_ns = sd.run("readlink", &[&format!("/proc/{pid}/ns/net")]);
+    let box_ns = sd.run("readlink", &["/proc/1/ns/net"]);
+    assert_ne!(
+        own_ns.stdout, box_ns.stdout,
+        "the instance shares the host's network"
+    );
+    // And yet it serves, through the socket systemd passed.
+    let (code, _) = http_get(addr, "/").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(sd.property("app@1.service", "WatchdogUSec"), "10s");
+    println!(
+        "app@1: uid {uid} (dynamic), no capabilities, no new privileges, interfaces {interfaces:?}, watchdog 10s"
+    );
 }

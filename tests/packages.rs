@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::fault::{HANG_MESSAGE, fault_binary};
 use support::load::Load;
 use support::packages::{Built, packages};
 use support::process::free_port;
@@ -554,4 +555,42 @@ fn rpm_scriptlets_are_the_packaged_shell() {
         );
     }
     assert!(!text.contains("%{"), "an unexpanded macro:\n{text}");
+}
+
+/// The fault switch the watchdog tests use exists only in their own build:
+/// the packaged binary does not contain it, and the test build does (so
+/// this check can fail).
+#[test]
+fn the_packaged_binary_has_no_fault_switch() {
+    let test = "the_packaged_binary_has_no_fault_switch";
+    let Some(packages) = packages(test) else {
+        return;
+    };
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "dpkg-deb --fsys-tarfile \"$1\" | tar -xO ./usr/bin/app",
+            "sh",
+        ])
+        .arg(&packages.current.deb)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout.len() > 100_000,
+        "cannot extract /usr/bin/app: {out:?}"
+    );
+    let contains = |binary: &[u8]| {
+        binary
+            .windows(HANG_MESSAGE.len())
+            .any(|w| w == HANG_MESSAGE.as_bytes())
+    };
+    assert!(
+        !contains(&out.stdout),
+        "the packaged app has the fault switch"
+    );
+    let test_build = std::fs::read(fault_binary()).unwrap();
+    assert!(
+        contains(&test_build),
+        "the test build lacks the switch: the check proves nothing"
+    );
 }

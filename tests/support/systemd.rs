@@ -79,6 +79,17 @@ impl Install {
         }
     }
 
+    /// As [`Install::project`], with another build of `app`.
+    pub fn project_with_binary(settings: &str, binary: &Path) -> Self {
+        let mut install = Self::project(settings);
+        for (inside, host) in &mut install.copies {
+            if inside == Path::new("/usr/bin/app") {
+                *host = binary.to_owned();
+            }
+        }
+        install
+    }
+
     /// Nothing of the project: for tests that install it from a package.
     pub fn nothing() -> Self {
         Self {
@@ -148,6 +159,19 @@ impl SystemdBox {
         boxed
     }
 
+    /// Boots `install` with app.socket moved to a free loopback port by a
+    /// drop-in (the README's way of changing the address).
+    pub fn boot_on_free_port(install: Install) -> (std::sync::Arc<Self>, std::net::SocketAddr) {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", super::process::free_port())
+            .parse()
+            .unwrap();
+        let install = install.file(
+            "/etc/systemd/system/app.socket.d/listen.conf",
+            &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
+        );
+        (std::sync::Arc::new(Self::boot(install)), addr)
+    }
+
     /// Waits until the box's manager has booted (`running`, or `degraded` if
     /// a unit that does not matter here failed).
     fn wait_running(&mut self) {
@@ -211,6 +235,30 @@ impl SystemdBox {
         self.systemctl_ok(&["show", "-p", name, "--value", unit])
             .trim()
             .to_owned()
+    }
+
+    /// Follows the journal of `unit` as JSON lines, from its first entry, so a
+    /// line written before journalctl opened the journal is not missed.
+    pub fn follow_journal(&self, unit: &str) -> super::process::Process {
+        let pid = self.pid.to_string();
+        super::process::Process::spawn(
+            "nsenter",
+            &[
+                "-t",
+                &pid,
+                "-m",
+                "-p",
+                "journalctl",
+                "-f",
+                "-n",
+                "all",
+                "-o",
+                "json",
+                "-u",
+                unit,
+            ],
+            &[],
+        )
     }
 
     /// The journal, optionally of some units (`-u app@1.service`).

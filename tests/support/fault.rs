@@ -1,0 +1,38 @@
+//! The test build of `app` with its fault switch (the `fault-injection`
+//! feature: SIGUSR2 wedges the runtime). Built once per test run into its
+//! own target directory, so the binary every other test uses, and the one
+//! the packages ship, never has the switch.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// What the instance logs when the switch fires (src/fault.rs).
+pub const HANG_MESSAGE: &str = "fault injection: wedging every runtime worker";
+
+pub fn fault_binary() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-injection");
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--bin",
+                "app",
+                "--features",
+                "fault-injection",
+            ])
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cannot build app with fault-injection:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("debug/app")
+    })
+}
