@@ -237,3 +237,31 @@ async fn a_new_connection_per_request_client_is_served() {
     assert_eq!(counts.ok(), 50, "{counts:?}");
     assert_eq!(counts.error_count(), 0);
 }
+
+/// Found by the request fuzzer (`GET /events HTTP/1.0`, no Host): an
+/// HTTP/1.0 client gets an HTTP/1.0 answer, its stream delimited by the
+/// close (no chunked encoding in 1.0), and the drain still ends it with its
+/// last comment and a FIN.
+#[tokio::test]
+async fn an_http_1_0_event_stream_is_answered_in_kind_and_ends_with_the_drain() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    conn.send(b"GET /events HTTP/1.0\r\n\r\n").await.unwrap();
+    let head = conn.head().await.unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("transfer-encoding"), None);
+    assert_eq!(head.header("content-length"), None);
+    server.wait_entered("/events").await;
+    server.begin_drain().await;
+    let mut rest = Vec::new();
+    loop {
+        match conn.end().await.unwrap() {
+            End::Data(bytes) => rest.extend(bytes),
+            End::Eof => break,
+            End::Reset => panic!("reset instead of a FIN"),
+        }
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(rest.ends_with(": draining, reconnect\n\n"), "{rest:?}");
+    assert!(server.report().await.is_clean());
+}
