@@ -3,8 +3,8 @@
 //! an error that is one line; never a panic.
 #![no_main]
 
-use handover::activation::{self, ActivationEnv, FIRST_FD};
 use arbitrary::Arbitrary;
+use handover::activation::{self, ActivationEnv, FIRST_FD};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
@@ -22,7 +22,11 @@ fuzz_target!(|input: Input| {
         listen_fdnames: input.listen_fdnames,
     };
     match env.parse(input.own_pid) {
-        Ok(None) => assert_eq!(env, ActivationEnv::default(), "no sockets only when nothing is set"),
+        Ok(None) => assert_eq!(
+            env,
+            ActivationEnv::default(),
+            "no sockets only when nothing is set"
+        ),
         Ok(Some(fds)) => {
             let count: usize = env.listen_fds.as_deref().unwrap().trim().parse().unwrap();
             assert_eq!(fds.len(), count);

@@ -108,7 +108,12 @@ fuzz_target!(|data: &[u8]| {
             .windows(10)
             .filter(|w| w.starts_with(b"HTTP/1.1 ") || w.starts_with(b"HTTP/1.0 "))
         {
-            assert_ne!(status[9], b'5', "a 5xx answer to {:?}", String::from_utf8_lossy(data));
+            assert_ne!(
+                status[9],
+                b'5',
+                "a 5xx answer to {:?}",
+                String::from_utf8_lossy(data)
+            );
         }
     }
     // Its client has gone: the connection must end (after its lingering

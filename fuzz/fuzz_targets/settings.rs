@@ -19,7 +19,13 @@ fuzz_target!(|data: &[u8]| {
             Ok(file) => match Settings::resolve(&ServeArgs::default(), &file) {
                 Ok(settings) => {
                     let t = settings.timeouts;
-                    for d in [settings.drain_deadline, t.header_read, t.idle, t.idle_grace, settings.slow_max] {
+                    for d in [
+                        settings.drain_deadline,
+                        t.header_read,
+                        t.idle,
+                        t.idle_grace,
+                        settings.slow_max,
+                    ] {
                         assert!(!d.is_zero() && d <= Duration::from_secs(3600));
                     }
                     assert!(t.idle_grace < settings.drain_deadline);
