@@ -54,7 +54,20 @@ pub struct SystemdBox {
     unshare: Child,
     /// The box's PID 1 as the host sees it.
     pub pid: i32,
+    /// The box's own cgroup (see `cgroup_name`), removed on drop.
+    cgroup: String,
     _staging: tempfile::TempDir,
+}
+
+/// A cgroup of its own for each box. systemd takes its PID 1's cgroup as the
+/// root of everything it creates; boxes booted in the host's root cgroup all
+/// made `/system.slice/system-app.slice/app@1.service`, the same cgroup for
+/// every box's app@1, so one box's `systemctl kill` (which kills by cgroup)
+/// failed on another box's processes, invisible in its PID namespace.
+fn cgroup_name() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("handover-box-{}-{n}", std::process::id())
 }
 
 /// Files to place in the box's root before it boots: (path inside, contents).
@@ -130,10 +143,12 @@ impl SystemdBox {
         let script = staging.path().join("boot.sh");
         std::fs::write(&script, BOOT_SCRIPT).unwrap();
 
+        let cgroup = cgroup_name();
         let mut unshare = Command::new("unshare")
             .args(["--pid", "--mount", "--fork", "bash"])
             .arg(&script)
             .arg(&stage)
+            .arg(&cgroup)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -153,6 +168,7 @@ impl SystemdBox {
         let mut boxed = SystemdBox {
             unshare,
             pid,
+            cgroup,
             _staging: staging,
         };
         boxed.wait_running();
@@ -303,6 +319,28 @@ impl Drop for SystemdBox {
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
+        // Its cgroups, deepest first, once their processes are gone. In
+        // every hierarchy: systemd made the same path in each controller's.
+        let started = Instant::now();
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|h| h.path())
+            .chain([PathBuf::from("/sys/fs/cgroup")]);
+        for hierarchy in hierarchies {
+            let root = hierarchy.join(&self.cgroup);
+            while root.exists() && started.elapsed() < Duration::from_secs(5) {
+                let _ = Command::new("find")
+                    .arg(&root)
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .stderr(Stdio::null())
+                    .status();
+                if root.exists() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 }
 
@@ -335,6 +373,15 @@ fn wait_for_child(parent: u32) -> Option<i32> {
 const BOOT_SCRIPT: &str = r#"
 set -euo pipefail
 stage="$1"
+# This shell becomes the box's PID 1: into a cgroup of the box's own first,
+# in the hierarchies systemd tracks processes with (hybrid: the unified one
+# and name=systemd; whichever exist).
+for hierarchy in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do
+    if [ -e "$hierarchy/cgroup.procs" ]; then
+        mkdir -p "$hierarchy/$2"
+        echo 0 > "$hierarchy/$2/cgroup.procs"
+    fi
+done
 mount --make-rprivate /
 base=$(mktemp -d /tmp/handover-box.XXXXXX)
 mount -t tmpfs -o mode=0755 box "$base"
