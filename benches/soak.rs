@@ -97,10 +97,18 @@ fn main() {
     let mut table = String::from(
         "| t (s) | app@1 pid | app@1 RSS (KiB) | app@1 fds | app@2 pid | app@2 RSS (KiB) | app@2 fds | PID 1 RSS (KiB) |\n|---|---|---|---|---|---|---|---|\n",
     );
-    println!(
-        "{:>6}  {:>24}  {:>24}  {:>10}",
-        "t (s)", "app@1 pid/RSS KiB/fds", "app@2 pid/RSS KiB/fds", "PID 1 KiB"
-    );
+    let header = [
+        "t (s)",
+        "app@1 pid",
+        "RSS KiB",
+        "fds",
+        "app@2 pid",
+        "RSS KiB",
+        "fds",
+        "PID 1 KiB",
+    ];
+    let padded: Vec<String> = header.iter().map(|c| format!("{c:>9}")).collect();
+    println!("{}", padded.join(" "));
     let started = Instant::now();
     let mut next_rollout = started + every;
     let mut next_sample = started;
@@ -120,28 +128,18 @@ fn main() {
                 rss_seen.push(row.rss_kib);
                 fds_seen.push(row.fds);
             }
-            println!(
-                "{t:>6}  {:>8} {:>8} {:>6}  {:>8} {:>8} {:>6}  {:>10}",
-                rows[0].pid,
-                rows[0].rss_kib,
-                rows[0].fds,
-                rows[1].pid,
-                rows[1].rss_kib,
-                rows[1].fds,
-                manager.rss_kib
-            );
-            writeln!(
-                table,
-                "| {t} | {} | {} | {} | {} | {} | {} | {} |",
-                rows[0].pid,
-                rows[0].rss_kib,
-                rows[0].fds,
-                rows[1].pid,
-                rows[1].rss_kib,
-                rows[1].fds,
-                manager.rss_kib
-            )
-            .unwrap();
+            let mut cells = vec![t.to_string()];
+            for row in &rows {
+                cells.extend([
+                    row.pid.clone(),
+                    row.rss_kib.to_string(),
+                    row.fds.to_string(),
+                ]);
+            }
+            cells.push(manager.rss_kib.to_string());
+            let padded: Vec<String> = cells.iter().map(|c| format!("{c:>9}")).collect();
+            println!("{}", padded.join(" "));
+            writeln!(table, "| {} |", cells.join(" | ")).unwrap();
         }
         if now >= next_rollout {
             next_rollout += every;
