@@ -248,17 +248,16 @@ async fn accept_loop<L, S, B>(
 {
     let drain = ctx.drain.clone();
     loop {
-        // At max_connections this waits, and connections wait in the queue.
-        let slot = tokio::select! {
-            biased;
-            _ = drain.draining() => break,
-            slot = ctx.slots.acquire() => slot,
-        };
-        let accepted = tokio::select! {
+        let (accepted, slot) = tokio::select! {
             // Checked first: once draining, we take nothing more from the queue.
             biased;
             _ = drain.draining() => break,
-            accepted = listener.accept() => accepted,
+            // At max_connections no slot is free: we stop taking connections
+            // and they wait in the queue.
+            accepted = async {
+                let slot = ctx.slots.acquire().await;
+                (listener.accept().await, slot)
+            } => accepted,
         };
         match accepted {
             Ok(io) => {
