@@ -106,28 +106,38 @@ impl Slots {
             room.as_mut().enable();
             let taken = self.taken.load(Ordering::Acquire);
             if taken < self.max {
+                // Several accept loops (one per listener) share the slots.
+                let claimed = self.taken.compare_exchange(
+                    taken,
+                    taken + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if claimed.is_err() {
+                    continue;
+                }
                 if taken <= low_water {
                     self.pressure
                         .send_if_modified(|since| since.take().is_some());
                 }
-                break;
+                return Slot(self.clone());
             }
-            self.pressure.send_if_modified(|since| {
-                let raised = since.is_none();
-                if raised {
+            let raised = self.pressure.send_if_modified(|since| {
+                let raise = since.is_none();
+                if raise {
                     *since = Some(Instant::now());
-                    tracing::warn!(
-                        max_connections = self.max,
-                        "at max_connections: new connections wait in the queue; \
-                         closing idle keep-alive connections after idle_grace"
-                    );
                 }
-                raised
+                raise
             });
+            if raised {
+                tracing::warn!(
+                    max_connections = self.max,
+                    "at max_connections: new connections wait in the queue; \
+                     closing idle keep-alive connections after idle_grace"
+                );
+            }
             room.await;
         }
-        self.taken.fetch_add(1, Ordering::AcqRel);
-        Slot(self.clone())
     }
 }
 
@@ -743,6 +753,41 @@ impl<B: Body<Data = Bytes>> Body for TrackedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn slots_stop_at_the_limit_and_keep_the_pressure_until_a_tenth_is_free() {
+        let slots = Arc::new(Slots::new(20));
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            held.push(slots.acquire().await);
+        }
+        assert_eq!(slots.taken(), 20);
+        let mut pressure = slots.pressure.subscribe();
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire().await }
+        });
+        pressure.changed().await.unwrap();
+        assert!(
+            pressure.borrow_and_update().is_some(),
+            "raised at the limit"
+        );
+        assert!(!waiter.is_finished(), "no slot past the limit");
+
+        held.pop();
+        held.push(waiter.await.unwrap());
+        assert_eq!(slots.taken(), 20);
+        assert!(
+            pressure.borrow().is_some(),
+            "one free slot does not lower it"
+        );
+
+        held.truncate(18);
+        held.push(slots.acquire().await);
+        assert!(pressure.borrow().is_none(), "lowered with a tenth free");
+        drop(held);
+        assert_eq!(slots.taken(), 0);
+    }
 
     const T: ConnectionTimeouts = ConnectionTimeouts {
         header_read: Duration::from_secs(10),
