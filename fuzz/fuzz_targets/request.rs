@@ -31,6 +31,11 @@ struct Harness {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
+        // libFuzzer's main, unlike Rust's, leaves SIGPIPE fatal: a write to
+        // a connection the server closed (after a 400, say) would end the
+        // run. The app itself runs with Rust's main, which ignores it.
+        // SAFETY: no other thread exists yet that handles signals.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let dir = std::env::temp_dir().join(format!("app-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("http.sock");
