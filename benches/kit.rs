@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::load::{Load, Sample};
-use support::process::free_port;
+use support::process::{free_port, rss_from_status};
 use support::systemd::{Install, SystemdBox};
 
 const STARTS: usize = 20;
@@ -75,7 +75,11 @@ fn main() {
         );
     }
     let runs = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
-    raise_fd_limit();
+    // 4,096 connections need more descriptors than the usual soft limit;
+    // children (wrk, the servers) inherit the raised one.
+    if let Err(err) = handover::fds::raise_soft_limit() {
+        eprintln!("cannot raise the file descriptor limit: {err}");
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let app = PathBuf::from(env!("CARGO_BIN_EXE_app"));
     let baseline = baseline_binary();
@@ -139,22 +143,6 @@ fn require_wrk() {
         found,
         "wrk is missing: run benches/run, which installs it (apt-get install wrk)"
     );
-}
-
-/// 4,096 connections need more descriptors than the usual soft limit;
-/// children (wrk, the servers) inherit the raised one.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 fn boot_blocker() -> Option<String> {
@@ -310,19 +298,6 @@ impl Drop for Server {
 
 fn local_addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
-
-/// `VmRSS` and `VmHWM` (peak) of a process, in KiB, from a status file.
-fn rss_from_status(status: &str) -> (u64, u64) {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn rss(pid: u32) -> (u64, u64) {

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::load::Load;
+use support::process::rss_from_status;
 use support::systemd::{Install, SystemdBox};
 
 const INSTANCES: [&str; 2] = ["app@1.service", "app@2.service"];
@@ -45,12 +46,7 @@ struct Stats {
 
 fn stats(sd: &SystemdBox, pid: &str) -> Stats {
     let status = sd.run("cat", &[&format!("/proc/{pid}/status")]);
-    let rss_kib = String::from_utf8_lossy(&status.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let (rss_kib, _) = rss_from_status(&String::from_utf8_lossy(&status.stdout));
     let fds = sd.run("ls", &[&format!("/proc/{pid}/fd")]);
     let fds = String::from_utf8_lossy(&fds.stdout).lines().count();
     Stats {

@@ -262,3 +262,17 @@ pub fn served_address(ready: &str) -> SocketAddr {
 pub fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in KiB, from its
+/// `/proc/PID/status`; 0 for a field that is missing.
+pub fn rss_from_status(status: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
