@@ -31,7 +31,6 @@
 pub mod activation;
 mod connection;
 pub mod drain;
-#[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fds;
 pub mod lifecycle;

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::fault::{HANG_MESSAGE, fault_binary};
+use handover::fault::HANG_MESSAGE;
+use support::fault::fault_binary;
 use support::load::Load;
 use support::process::http_get;
 use support::service::{assert_no_loss, blocking, versions};

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::fault::{HANG_MESSAGE, fault_binary};
+use handover::fault::HANG_MESSAGE;
+use support::fault::fault_binary;
 use support::load::Load;
 use support::packages::{Built, packages};
 use support::process::free_port;

@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// What the instance logs when the switch fires (src/fault.rs).
-pub const HANG_MESSAGE: &str = "fault injection: wedging every runtime worker";
-
 pub fn fault_binary() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
