@@ -22,6 +22,7 @@
 //! - signals as intents: [`signals`]; logs: [`logging`];
 //! - the process from start to exit code: [`lifecycle`];
 //! - the deploy verb, restarting instances one at a time: [`rollout`];
+//! - taking a whole host out of its load balancer's rotation: [`rotation`];
 //! - the reference app's routes: [`routes`].
 //!
 //! The `app` binary (`src/main.rs`) is the reference user: it gathers
@@ -38,6 +39,7 @@ pub mod listeners;
 pub mod logging;
 pub mod notify;
 pub mod rollout;
+pub mod rotation;
 pub mod routes;
 pub mod server;
 pub mod settings;

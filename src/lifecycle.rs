@@ -24,6 +24,7 @@ use crate::error_chain;
 use crate::listeners::Listener;
 use crate::logging::LogHandle;
 use crate::notify::{Notifier, NotifyState};
+use crate::rotation::Rotation;
 use crate::server::{DrainReport, Server};
 use crate::settings::{ServeArgs, Settings};
 use crate::signals::{Intent, Intents};
@@ -42,6 +43,33 @@ pub struct ServiceContext {
     pub drain: drain::Watch,
     /// The settings in force; a reload sends new ones.
     pub settings: watch::Receiver<Settings>,
+    /// Whether the host is in its load balancer's rotation (`app rotation`).
+    pub rotation: Arc<Rotation>,
+}
+
+/// What a readiness check (`/readyz`) should answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// 200: send requests here.
+    Ready,
+    /// 503: this instance is leaving; its siblings and successor serve.
+    Draining,
+    /// 503: the whole host is leaving; every instance still serves, so a
+    /// balancer can move traffic before anything stops.
+    OutOfRotation,
+}
+
+impl ServiceContext {
+    /// This instance's readiness; a drain wins, as it is the more final.
+    pub fn readiness(&self) -> Readiness {
+        if self.drain.is_draining() {
+            Readiness::Draining
+        } else if self.rotation.is_out() {
+            Readiness::OutOfRotation
+        } else {
+            Readiness::Ready
+        }
+    }
 }
 
 /// Everything gathered before the runtime started.
@@ -53,6 +81,7 @@ pub struct Startup {
     pub watchdog: Option<Duration>,
     pub log: Option<LogHandle>,
     pub intents: Intents,
+    pub rotation: Rotation,
 }
 
 /// How the process ended.
@@ -97,6 +126,7 @@ where
         watchdog,
         log,
         mut intents,
+        rotation,
     } = startup;
     let notifier = Arc::new(notifier);
     let (settings_tx, settings_rx) = watch::channel(settings.clone());
@@ -105,6 +135,7 @@ where
     let service = make_service(ServiceContext {
         drain,
         settings: settings_rx,
+        rotation: Arc::new(rotation),
     });
     let server = Server::start(listeners, service, trigger, timeouts_rx, settings.limits)?;
     let status = format!("serving http on {}", server.listening().join(", "));

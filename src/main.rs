@@ -12,6 +12,7 @@ use handover::listeners::{self, Fallback};
 use handover::logging::{self, Destination};
 use handover::notify::{ManagerEnv, Notifier};
 use handover::rollout::{self, RolloutArgs};
+use handover::rotation::{self, Rotation, RotationArgs};
 use handover::routes::App;
 use handover::settings::{ServeArgs, Settings};
 use handover::signals::Intents;
@@ -47,7 +48,8 @@ or in the settings file as a key (drain_deadline = \"5s\").
 
 Installed from a package, the settings file is /etc/app/app.toml, and the units \
 app.socket, app@.service and app.target are in /usr/lib/systemd/system. \
-Deploy with `app rollout`; apply a changed settings file with `app rollout --config-only`.
+Deploy with `app rollout`; apply a changed settings file with `app rollout --config-only`. \
+Before stopping a whole host behind a load balancer, take it out with `app rotation out`.
 
 See also: systemctl(1), systemd.socket(5), journalctl(1).";
 
@@ -67,6 +69,16 @@ enum Cmd {
     /// or when none is running (unless --if-running).
     #[command(long_about)]
     Rollout(RolloutArgs),
+    /// Take this whole host out of its load balancer's rotation, or put it
+    /// back: /readyz answers 503 on every instance while they keep serving.
+    ///
+    /// Run it before stopping every instance of a host (or upgrading it
+    /// while it carries requests the balancer may not retry), so the
+    /// balancer's health checks move new requests to other hosts first. The
+    /// state is the file /run/app/out-of-rotation: instances started
+    /// meanwhile see it too, and a reboot clears it.
+    #[command(long_about)]
+    Rotation(RotationArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +90,12 @@ fn main() -> ExitCode {
         Some(Cmd::Rollout(args)) => rollout::run(&args, &mut std::io::stdout())
             .map(|_| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
+        Some(Cmd::Rotation(args)) => rotation::run(
+            &args,
+            std::path::Path::new(rotation::DEFAULT_FLAG),
+            &mut std::io::stdout(),
+        )
+        .map_err(anyhow::Error::from),
         None => serve(cli.serve),
     };
     result.unwrap_or_else(|err| {
@@ -138,6 +156,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         watchdog: manager.watchdog,
         log: Some(log),
         intents,
+        rotation: Rotation::new(rotation::DEFAULT_FLAG),
     };
     let outcome = runtime
         .block_on(lifecycle::run(startup, App::new))
@@ -159,15 +178,27 @@ mod tests {
     fn man_pages_match_the_cli() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/man");
         let app = Cli::command();
-        let rollout = app
-            .find_subcommand("rollout")
-            .expect("a rollout subcommand")
-            .clone()
-            .name("app-rollout")
-            .bin_name("app rollout")
-            .version(env!("CARGO_PKG_VERSION"));
+        // clap's names are 'static without its "string" feature.
+        let sub = |name: &str, page: &'static str, bin: &'static str| {
+            app.find_subcommand(name)
+                .unwrap_or_else(|| panic!("a {name} subcommand"))
+                .clone()
+                .name(page)
+                .bin_name(bin)
+                .version(env!("CARGO_PKG_VERSION"))
+        };
         let mut stale = Vec::new();
-        for (file, command) in [("app.1", app.clone()), ("app-rollout.1", rollout)] {
+        for (file, command) in [
+            ("app.1", app.clone()),
+            (
+                "app-rollout.1",
+                sub("rollout", "app-rollout", "app rollout"),
+            ),
+            (
+                "app-rotation.1",
+                sub("rotation", "app-rotation", "app rotation"),
+            ),
+        ] {
             let mut page = Vec::new();
             clap_mangen::Man::new(command)
                 .render(&mut page)

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/` | a short greeting |
 //! | `/healthz` | 200 while the process is alive |
-//! | `/readyz` | 200 while serving, 503 once draining |
+//! | `/readyz` | 200 while serving; 503 once draining, or while the host is out of rotation (`app rotation out`) |
 //! | `/version` | JSON: crate version, instance name, pid |
 //! | `/slow?ms=N` | answers after N ms, capped at `slow_max` |
 //! | `/events` | server-sent events, one a second, ending when the drain starts |
@@ -26,7 +26,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
 
-use crate::lifecycle::ServiceContext;
+use crate::lifecycle::{Readiness, ServiceContext};
 
 pub type AppBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -71,10 +71,13 @@ impl App {
         match request.uri().path() {
             "/" => text(StatusCode::OK, inner.greeting.clone()),
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if inner.ctx.drain.is_draining() => {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            }
-            "/readyz" => text(StatusCode::OK, "ready\n"),
+            "/readyz" => match inner.ctx.readiness() {
+                Readiness::Ready => text(StatusCode::OK, "ready\n"),
+                Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+                Readiness::OutOfRotation => {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "out of rotation\n")
+                }
+            },
             "/version" => {
                 let body = serde_json::json!({
                     "name": env!("CARGO_PKG_NAME"),

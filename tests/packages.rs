@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use handover::fault::HANG_MESSAGE;
 use support::fault::fault_binary;
 use support::load::Load;
-use support::packages::{Built, packages};
-use support::process::free_port;
+use support::packages::{Built, boot_with_packages, packages};
 use support::raw::{End, RawConn};
 use support::service::{Version, assert_no_loss, blocking, versions};
-use support::systemd::{Install, SystemdBox, can_boot};
+use support::systemd::{SystemdBox, can_boot};
 
 /// Each client starts a request at most this often.
 const PACE: Duration = Duration::from_millis(50);
@@ -104,26 +103,9 @@ fn assert_clean(what: &str, step: &Step, sd: &SystemdBox) {
     );
 }
 
-/// A box with nothing of ours installed, the socket moved to a free port by a
-/// drop-in written before the package arrives (as an administrator would
-/// with `systemctl edit app.socket`), and the packages copied in.
 fn boot(format: Format, builds: &[&Built]) -> (Arc<SystemdBox>, SocketAddr, Vec<String>) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let install = Install::nothing().file(
-        "/etc/systemd/system/app.socket.d/listen.conf",
-        &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
-    );
-    let sd = SystemdBox::boot(install);
-    let inside = builds
-        .iter()
-        .map(|built| {
-            let file = format.file(built);
-            let inside = format!("/root/{}", file.file_name().unwrap().to_str().unwrap());
-            sd.copy_in(file, &inside);
-            inside
-        })
-        .collect();
-    (Arc::new(sd), addr, inside)
+    let files: Vec<&std::path::Path> = builds.iter().map(|b| format.file(b)).collect();
+    boot_with_packages(&files)
 }
 
 /// Both default instances answer `/version` with `version`.
@@ -270,6 +252,8 @@ fn assert_no_trace(sd: &SystemdBox) {
         "/usr/share/man/man1/app.1",
         "/usr/share/man/man1/app-rollout.1.gz",
         "/usr/share/man/man1/app-rollout.1",
+        "/usr/share/man/man1/app-rotation.1.gz",
+        "/usr/share/man/man1/app-rotation.1",
         "/usr/share/lintian/overrides/app",
     ];
     let left: Vec<&str> = owned

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use handover::drain;
 use handover::lifecycle::ServiceContext;
 use handover::listeners::{Listener, StdListener};
+use handover::rotation::Rotation;
 use handover::routes::App;
 use handover::server::Server;
 use handover::settings::{ServeArgs, Settings};
@@ -64,6 +65,7 @@ fn harness() -> &'static Harness {
         let app = App::new(ServiceContext {
             drain,
             settings: settings_rx,
+            rotation: std::sync::Arc::new(Rotation::new("/nonexistent/out-of-rotation")),
         });
         let listener = Listener {
             socket: StdListener::Unix(socket),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use handover::drain;
 use handover::lifecycle::ServiceContext;
 use handover::listeners::{Listener, StdListener};
+use handover::rotation::Rotation;
 use handover::routes::{App, AppBody};
 use handover::server::{DrainReport, Server};
 use handover::settings::{ConnectionTimeouts, FileSettings, Limits, ServeArgs, Settings};
@@ -86,6 +87,8 @@ impl TestServer {
             app: App::new(ServiceContext {
                 drain: drain.clone(),
                 settings: settings_rx,
+                // A path that never exists: always in rotation.
+                rotation: Arc::new(Rotation::new("/nonexistent/out-of-rotation")),
             }),
             entered: entered_tx,
         };

@@ -2,6 +2,7 @@
 //! running the built binary. Each test file uses what it needs.
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod fault;
 pub mod inprocess;
 pub mod load;

@@ -200,3 +200,33 @@ fn run(tree: &Path, target: &Path, args: &[&str], out: &Path) -> Result<(), Stri
     }
     Ok(())
 }
+
+/// A box with nothing of ours installed, the socket moved to a free port by a
+/// drop-in written before the package arrives (as an administrator would
+/// with `systemctl edit app.socket`), and `files` copied into /root; returns
+/// their paths inside.
+pub fn boot_with_packages(
+    files: &[&Path],
+) -> (
+    std::sync::Arc<super::systemd::SystemdBox>,
+    std::net::SocketAddr,
+    Vec<String>,
+) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", super::process::free_port())
+        .parse()
+        .unwrap();
+    let install = super::systemd::Install::nothing().file(
+        "/etc/systemd/system/app.socket.d/listen.conf",
+        &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
+    );
+    let sd = super::systemd::SystemdBox::boot(install);
+    let inside = files
+        .iter()
+        .map(|file| {
+            let inside = format!("/root/{}", file.file_name().unwrap().to_str().unwrap());
+            sd.copy_in(file, &inside);
+            inside
+        })
+        .collect();
+    (std::sync::Arc::new(sd), addr, inside)
+}
