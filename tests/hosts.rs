@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::balancer::{Nginx, Routing, available, example};
+use support::balancer::{Haproxy, Nginx, Routing, available, example};
 use support::load::Load;
 use support::packages::{boot_with_packages, packages};
 use support::process::{EVENT_LIMIT, http_get};
 use support::service::{Version, assert_no_loss, blocking, versions};
-use support::systemd::{SystemdBox, can_boot};
+use support::systemd::{Install, SystemdBox, can_boot};
 
 /// Each client starts a request at most this often: 80 clients, 1,600 req/s.
 const PACE: Duration = Duration::from_millis(50);
@@ -111,11 +111,17 @@ fn the_balancer_examples_agree_with_the_kit() {
     }
     // Idle connections: the balancer closes them before app does.
     let keepalive = duration("nginx.conf", "keepalive_timeout");
-    assert!(keepalive < DEFAULT_IDLE_TIMEOUT, "nginx keepalive_timeout {keepalive:?}");
+    assert!(
+        keepalive < DEFAULT_IDLE_TIMEOUT,
+        "nginx keepalive_timeout {keepalive:?}"
+    );
     // Passive failover on what a stopping host can answer.
     let next = value("nginx.conf", "proxy_next_upstream");
     for condition in ["error", "timeout", "http_502", "http_503"] {
-        assert!(next.split_whitespace().any(|c| c == condition), "proxy_next_upstream {next}");
+        assert!(
+            next.split_whitespace().any(|c| c == condition),
+            "proxy_next_upstream {next}"
+        );
     }
     assert!(
         !next.contains("non_idempotent"),
@@ -249,7 +255,11 @@ async fn behind_nginx_a_host_by_host_rollout_and_a_host_stop_lose_nothing() {
             .get(&host.addr.to_string())
             .copied()
             .unwrap_or(0);
-        assert!(answered > 0, "host {} took no traffic: {routing:?}", host.name);
+        assert!(
+            answered > 0,
+            "host {} took no traffic: {routing:?}",
+            host.name
+        );
     }
 
     // Every instance of every host runs the new release in a new process.
@@ -259,7 +269,11 @@ async fn behind_nginx_a_host_by_host_rollout_and_a_host_stop_lose_nothing() {
             .await
             .unwrap();
         for (old, new) in old.iter().zip(&now) {
-            assert_ne!(old.pid, new.pid, "host {}: {old:?} not restarted", host.name);
+            assert_ne!(
+                old.pid, new.pid,
+                "host {}: {old:?} not restarted",
+                host.name
+            );
         }
     }
     let through = tokio::task::spawn_blocking({
@@ -368,4 +382,104 @@ fn summarize_errors(log: &str) -> String {
         .map(|(kind, n)| format!("  {n} x {kind}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The whole-host drain with an active health checker: by the time
+/// `app rotation out --wait 3s` (the README's wait for the example's checks)
+/// returns, HAProxy has marked the host DOWN, so the stop that follows meets
+/// no request at all, POSTs included. Starting it and `app rotation in` put
+/// it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_a_host_taken_out_gets_no_request_before_it_stops() {
+    let test = "behind_haproxy_a_host_taken_out_gets_no_request_before_it_stops";
+    if !can_boot(test) || !available(test, "haproxy", "-v") {
+        return;
+    }
+    let mut hosts = Vec::new();
+    for _ in 0..2 {
+        let (sd, addr) = SystemdBox::boot_on_free_port(Install::project(""));
+        blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+        hosts.push((sd, addr));
+    }
+    let [(_, addr_a), (b, addr_b)] = [&hosts[0], &hosts[1]];
+    let haproxy = Arc::new(Haproxy::start(&[*addr_a, *addr_b]));
+    println!(
+        "hosts A {addr_a} and B {addr_b} behind HAProxy on {}",
+        haproxy.addr
+    );
+    let status = |server: &'static str, status: &'static str| {
+        let haproxy = haproxy.clone();
+        tokio::task::spawn_blocking(move || haproxy.wait_status(server, status))
+    };
+    status("host1", "UP").await.unwrap();
+    status("host2", "UP").await.unwrap();
+
+    let gets = Load::start(haproxy.addr, "/", 30, 30, PACE);
+    let posts = Load::start(haproxy.addr, "POST /echo", 10, 10, PACE);
+    wait_requests(&haproxy, "host2", 1_000).await;
+
+    let out = blocking(b, |sd| sd.run("app", &["rotation", "out", "--wait", "3s"])).await;
+    assert!(out.status.success(), "app rotation out: {out:?}");
+    print!("host B: {}", String::from_utf8_lossy(&out.stdout));
+    let down = haproxy.servers()["host2"].clone();
+    assert_eq!(
+        down.status, "DOWN",
+        "HAProxy still sends to B after the wait"
+    );
+    let journal = blocking(b, |sd| sd.journal(&["app@1.service", "app@2.service"])).await;
+    assert!(
+        journal.contains("taken out of rotation"),
+        "B's instances did not log it:\n{journal}"
+    );
+
+    blocking(b, |sd| {
+        sd.systemctl_ok(&["stop", "app.socket"]);
+        sd.systemctl_ok(&["stop", "app.target", "app@*.service"]);
+    })
+    .await;
+    let host1 = haproxy.servers()["host1"].requests;
+    wait_requests(&haproxy, "host1", host1 + 5_000).await;
+    let mut gets = gets.stop().await;
+    let mut posts = posts.stop().await;
+    assert_no_loss(
+        "GET through HAProxy, host B taken out and stopped",
+        &mut gets,
+    );
+    assert_no_loss(
+        "POST through HAProxy, host B taken out and stopped",
+        &mut posts,
+    );
+    let after = haproxy.servers()["host2"].clone();
+    println!(
+        "HAProxy sent B {} requests before it was DOWN and {} after",
+        down.requests,
+        after.requests - down.requests
+    );
+    assert_eq!(after.requests, down.requests, "B got requests once DOWN");
+
+    // Back: the instances first (still out, so still DOWN), then in.
+    let out = blocking(b, |sd| {
+        sd.systemctl_ok(&["start", "app.target"]);
+        sd.run("app", &["rotation", "in"])
+    })
+    .await;
+    assert!(out.status.success(), "app rotation in: {out:?}");
+    let up = status("host2", "UP").await.unwrap();
+    println!("host B back in rotation: {up:?}");
+}
+
+/// Waits until HAProxy has sent `server` at least `count` requests.
+async fn wait_requests(haproxy: &Arc<Haproxy>, server: &'static str, count: u64) {
+    let started = Instant::now();
+    loop {
+        let seen = haproxy.servers()[server].requests;
+        if seen >= count {
+            return;
+        }
+        assert!(
+            started.elapsed() < EVENT_LIMIT * 2,
+            "{server} got {seen} of {count} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

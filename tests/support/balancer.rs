@@ -25,7 +25,10 @@ pub fn available(test: &str, program: &str, version_flag: &str) -> bool {
         .status()
         .is_ok();
     if !found {
-        super::cannot_run(test, &format!("{program} is not installed (.ci/run installs it)"));
+        super::cannot_run(
+            test,
+            &format!("{program} is not installed (.ci/run installs it)"),
+        );
     }
     found
 }
@@ -73,7 +76,10 @@ fn rewrite(example: &str, hosts: &[SocketAddr], front: SocketAddr, bind: &str) -
         out.push_str(line);
         out.push('\n');
     }
-    assert!(servers_done && bound, "the example changed shape:\n{example}");
+    assert!(
+        servers_done && bound,
+        "the example changed shape:\n{example}"
+    );
     out
 }
 
@@ -87,7 +93,10 @@ fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str, log: &Path) {
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        assert!(started.elapsed() < EVENT_LIMIT, "{what} did not listen on {addr}");
+        assert!(
+            started.elapsed() < EVENT_LIMIT,
+            "{what} did not listen on {addr}"
+        );
         // A socket state to reach, with no event to wait on from outside.
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -230,5 +239,109 @@ impl Routing {
             }
         }
         routing
+    }
+}
+
+/// HAProxy in the foreground with `packaging/examples/haproxy.cfg`, and an
+/// admin socket to read what it thinks of each host.
+pub struct Haproxy {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+/// One host as HAProxy's `show stat` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStat {
+    /// `UP`, `DOWN`, `UP 1/2` (going down), `DOWN 1/2` (coming up), `MAINT`.
+    pub status: String,
+    /// Requests HAProxy has sent it (`stot`); health checks not included.
+    pub requests: u64,
+}
+
+impl Haproxy {
+    pub fn start(hosts: &[SocketAddr]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let example = std::fs::read_to_string(example("haproxy.cfg")).unwrap();
+        // The example is the backend a user adds to Debian's file, whose
+        // global section we replace with one of our own.
+        let config = format!(
+            "global\n    stats socket {}/admin.sock level admin\n\n{}",
+            dir.path().display(),
+            rewrite(&example, hosts, addr, "bind")
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.path().join("haproxy.log");
+        let mut child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("haproxy.err")).unwrap())
+            .spawn()
+            .expect("run haproxy");
+        wait_listening(addr, &mut child, "haproxy", &dir.path().join("haproxy.err"));
+        Haproxy { child, addr, dir }
+    }
+
+    /// `show stat` for each server of the backend, by name (host1, host2, …).
+    pub fn servers(&self) -> std::collections::BTreeMap<String, ServerStat> {
+        use std::io::{Read, Write};
+        let mut admin =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).unwrap();
+        admin.write_all(b"show stat\n").unwrap();
+        let mut csv = String::new();
+        admin.read_to_string(&mut csv).unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let (svname, status, stot) = (column("svname"), column("status"), column("stot"));
+        lines
+            .map(|line| line.split(',').collect::<Vec<_>>())
+            .filter(|f| f.len() > stot && f[svname].starts_with("host"))
+            .map(|f| {
+                (
+                    f[svname].to_owned(),
+                    ServerStat {
+                        status: f[status].to_owned(),
+                        requests: f[stot].parse().unwrap_or(0),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until HAProxy reports `server`'s status as `status`.
+    pub fn wait_status(&self, server: &str, status: &str) -> ServerStat {
+        let started = Instant::now();
+        loop {
+            let stat = self.servers()[server].clone();
+            if stat.status == status {
+                return stat;
+            }
+            assert!(
+                started.elapsed() < EVENT_LIMIT,
+                "{server} is {stat:?}, not {status}"
+            );
+            // HAProxy's own checks run once a second; nothing to wait on
+            // but their outcome.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
@@ -116,7 +116,11 @@ impl Counts {
     }
 }
 
-/// Sends `GET path` from one client until `stop` turns true or `max_requests` is reached.
+/// The body of a load client's POST.
+pub const POST_BODY: Bytes = Bytes::from_static(b"a request a balancer must not lose");
+
+/// Sends `GET path` (`POST path`, with [`POST_BODY`], when `path` is
+/// `"POST /path"`) from one client until `stop` turns true or `max_requests` is reached.
 pub async fn client(
     addr: SocketAddr,
     path: &'static str,
@@ -206,10 +210,14 @@ pub async fn paced_client(
             if *stop.borrow() || sent >= max_requests {
                 break;
             }
-            let request = Request::get(path)
-                .header("host", "test")
-                .body(Empty::<Bytes>::new())
-                .expect("a valid request");
+            let request = match path.strip_prefix("POST ") {
+                Some(path) => Request::post(path).body(Either::Right(Full::new(POST_BODY))),
+                None => Request::get(path).body(Either::Left(Empty::<Bytes>::new())),
+            };
+            let mut request = request.expect("a valid request");
+            request
+                .headers_mut()
+                .insert("host", http::HeaderValue::from_static("test"));
             sent += 1;
             let response = tokio::time::timeout(REQUEST_LIMIT, async {
                 let response = sender.send_request(request).await?;
