@@ -458,14 +458,17 @@ async fn behind_haproxy_a_host_taken_out_gets_no_request_before_it_stops() {
     assert_eq!(after.requests, down.requests, "B got requests once DOWN");
 
     // Back: the instances first (still out, so still DOWN), then in.
-    let out = blocking(b, |sd| {
-        sd.systemctl_ok(&["start", "app.target"]);
-        sd.run("app", &["rotation", "in"])
-    })
-    .await;
+    blocking(b, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    assert_eq!(haproxy.servers()["host2"].status, "DOWN", "B is still out");
+    let back = Instant::now();
+    let out = blocking(b, |sd| sd.run("app", &["rotation", "in"])).await;
     assert!(out.status.success(), "app rotation in: {out:?}");
     let up = status("host2", "UP").await.unwrap();
-    println!("host B back in rotation: {up:?}");
+    println!(
+        "host B back in rotation: HAProxy saw it UP {:?} after app rotation in",
+        back.elapsed()
+    );
+    assert_eq!(up.requests, down.requests);
 }
 
 /// Waits until HAProxy has sent `server` at least `count` requests.
