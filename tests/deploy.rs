@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use support::load::Load;
 use support::process::http_get;
 use support::service::{assert_no_loss, blocking, versions};
-use support::systemd::{Install, SystemdBox, can_boot};
+use support::systemd::{Install, SystemdBox, can_boot, unit_duration};
 
 /// Each client starts a request at most this often.
 const PACE: Duration = Duration::from_millis(50);
@@ -55,14 +55,7 @@ fn pids(sd: &SystemdBox) -> [String; 2] {
 
 #[test]
 fn the_stop_timeout_is_above_the_drain_deadline() {
-    let unit =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/app@.service"))
-            .unwrap();
-    let stop_timeout = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
-        .expect("app@.service sets TimeoutStopSec=");
-    let stop_timeout = handover::settings::parse_duration(stop_timeout).unwrap();
+    let stop_timeout = unit_duration("app@.service", "TimeoutStopSec");
     let drain = handover::settings::DEFAULT_DRAIN_DEADLINE;
     // The app's deadline must fire first, with margin for the exit itself:
     // the trap was a supervisor's 1.6 s kill timeout silently beating the

@@ -16,8 +16,8 @@ use support::balancer::{Haproxy, Nginx, Routing, available, example};
 use support::load::Load;
 use support::packages::{boot_with_packages, packages};
 use support::process::{EVENT_LIMIT, http_get};
-use support::service::{Version, assert_no_loss, blocking, versions};
-use support::systemd::{Install, SystemdBox, can_boot};
+use support::service::{assert_no_loss, assert_serving, blocking};
+use support::systemd::{Install, SystemdBox, can_boot, unit_duration};
 
 /// Each client starts a request at most this often: 80 clients, 1,600 req/s.
 const PACE: Duration = Duration::from_millis(50);
@@ -47,17 +47,6 @@ fn dpkg_install(sd: &SystemdBox, deb: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Both instances of a host answer `/version` with `version`.
-fn serving(addr: SocketAddr, version: &str) -> Vec<Version> {
-    let seen = versions(addr, 2);
-    let instances: Vec<&str> = seen.iter().map(|v| v.instance.as_str()).collect();
-    assert_eq!(instances, ["1", "2"], "{addr}: {seen:?}");
-    for v in &seen {
-        assert_eq!(v.version, version, "{addr}: {seen:?}");
-    }
-    seen
-}
-
 /// Waits until nginx has logged `count` requests: traffic went through.
 async fn wait_logged(nginx: &Nginx, count: usize) {
     let started = Instant::now();
@@ -75,14 +64,7 @@ async fn wait_logged(nginx: &Nginx, count: usize) {
 #[test]
 fn the_balancer_examples_agree_with_the_kit() {
     use handover::settings::{DEFAULT_DRAIN_DEADLINE, DEFAULT_IDLE_TIMEOUT, parse_duration};
-    let unit =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/app@.service"))
-            .unwrap();
-    let start_timeout = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("TimeoutStartSec="))
-        .and_then(|v| parse_duration(v).ok())
-        .expect("app@.service sets TimeoutStartSec=");
+    let start_timeout = unit_duration("app@.service", "TimeoutStartSec");
     // The value of the first `key …` line of a file, its `;` dropped.
     let value = |file: &str, key: &str| -> String {
         let text = std::fs::read_to_string(example(file)).unwrap();
@@ -207,7 +189,7 @@ async fn behind_nginx_a_host_by_host_rollout_and_a_host_stop_lose_nothing() {
     for host in &hosts {
         let (addr, current) = (host.addr, current.clone());
         before.push(
-            tokio::task::spawn_blocking(move || serving(addr, &current))
+            tokio::task::spawn_blocking(move || assert_serving(addr, &current))
                 .await
                 .unwrap(),
         );
@@ -233,7 +215,7 @@ async fn behind_nginx_a_host_by_host_rollout_and_a_host_stop_lose_nothing() {
             host.name
         );
         let (addr, version) = (host.addr, next.clone());
-        tokio::task::spawn_blocking(move || serving(addr, &version))
+        tokio::task::spawn_blocking(move || assert_serving(addr, &version))
             .await
             .unwrap();
         println!(
@@ -265,7 +247,7 @@ async fn behind_nginx_a_host_by_host_rollout_and_a_host_stop_lose_nothing() {
     // Every instance of every host runs the new release in a new process.
     for (host, old) in hosts.iter().zip(&before) {
         let (addr, next) = (host.addr, next.clone());
-        let now = tokio::task::spawn_blocking(move || serving(addr, &next))
+        let now = tokio::task::spawn_blocking(move || assert_serving(addr, &next))
             .await
             .unwrap();
         for (old, new) in old.iter().zip(&now) {

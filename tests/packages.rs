@@ -14,7 +14,7 @@ use support::fault::fault_binary;
 use support::load::Load;
 use support::packages::{Built, boot_with_packages, packages};
 use support::raw::{End, RawConn};
-use support::service::{Version, assert_no_loss, blocking, versions};
+use support::service::{assert_no_loss, assert_serving, blocking, versions};
 use support::systemd::{SystemdBox, can_boot};
 
 /// Each client starts a request at most this often.
@@ -106,17 +106,6 @@ fn assert_clean(what: &str, step: &Step, sd: &SystemdBox) {
 fn boot(format: Format, builds: &[&Built]) -> (Arc<SystemdBox>, SocketAddr, Vec<String>) {
     let files: Vec<&std::path::Path> = builds.iter().map(|b| format.file(b)).collect();
     boot_with_packages(&files)
-}
-
-/// Both default instances answer `/version` with `version`.
-fn assert_serving(addr: SocketAddr, version: &str) -> Vec<Version> {
-    let seen = versions(addr, 2);
-    let instances: Vec<&str> = seen.iter().map(|v| v.instance.as_str()).collect();
-    assert_eq!(instances, ["1", "2"], "{seen:?}");
-    for v in &seen {
-        assert_eq!(v.version, version, "{seen:?}");
-    }
-    seen
 }
 
 fn invocation(sd: &SystemdBox, unit: &str) -> String {

@@ -40,6 +40,18 @@ pub fn versions(addr: SocketAddr, instances: usize) -> Vec<Version> {
     seen
 }
 
+/// Both default instances behind `addr` answer `/version` with `version`;
+/// returns them, sorted by instance.
+pub fn assert_serving(addr: SocketAddr, version: &str) -> Vec<Version> {
+    let seen = versions(addr, 2);
+    let instances: Vec<&str> = seen.iter().map(|v| v.instance.as_str()).collect();
+    assert_eq!(instances, ["1", "2"], "{addr}: {seen:?}");
+    for v in &seen {
+        assert_eq!(v.version, version, "{addr}: {seen:?}");
+    }
+    seen
+}
+
 /// A load run lost nothing: no socket or protocol error, no non-2xx status,
 /// and some traffic went through. Prints the summary either way.
 pub fn assert_no_loss(phase: &str, counts: &mut Counts) {

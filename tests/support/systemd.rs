@@ -48,6 +48,20 @@ pub fn can_boot(test: &str) -> bool {
     }
 }
 
+/// A duration the repository's unit file sets (`KEY=10s`); panics if it
+/// does not set it.
+pub fn unit_duration(unit: &str, key: &str) -> Duration {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("systemd")
+        .join(unit);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("{unit} sets no {key}="));
+    handover::settings::parse_duration(value).unwrap()
+}
+
 /// A booted systemd in its own namespaces.
 pub struct SystemdBox {
     /// The `unshare` process; its child is the box's PID 1.
