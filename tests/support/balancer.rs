@@ -116,7 +116,6 @@ pub struct Nginx {
 pub struct Proxied {
     pub status: u16,
     pub upstreams: Vec<String>,
-    pub upstream_statuses: Vec<String>,
 }
 
 impl Nginx {
@@ -136,7 +135,7 @@ impl Nginx {
              error_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n\
-               log_format routed '$status \"$upstream_addr\" \"$upstream_status\"';\n\
+               log_format routed '$status \"$upstream_addr\"';\n\
                access_log {d}/access.log routed;\n\
                client_body_temp_path {d}/body;\n\
                proxy_temp_path {d}/proxy;\n\
@@ -172,28 +171,16 @@ impl Nginx {
         let text = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
         text.lines()
             .map(|line| {
-                let mut quoted = line.split('"');
-                let status = quoted.next().unwrap().trim().parse().unwrap();
-                let list = |s: Option<&str>| -> Vec<String> {
-                    s.unwrap_or_default()
-                        .split([',', ':'])
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                };
-                let upstreams = quoted.next().unwrap_or_default();
-                // "127.0.0.1:1, 127.0.0.1:2": split on ", " keeps host:port.
-                let upstreams = upstreams
-                    .split(", ")
-                    .filter(|s| !s.is_empty() && *s != "-")
-                    .map(str::to_owned)
-                    .collect();
-                let _ = quoted.next();
+                // 200 "127.0.0.1:1, 127.0.0.1:2"
+                let (status, upstreams) = line.split_once(' ').unwrap();
                 Proxied {
-                    status,
-                    upstreams,
-                    upstream_statuses: list(quoted.next()),
+                    status: status.parse().unwrap(),
+                    upstreams: upstreams
+                        .trim_matches('"')
+                        .split(", ")
+                        .filter(|s| !s.is_empty() && *s != "-")
+                        .map(str::to_owned)
+                        .collect(),
                 }
             })
             .collect()
