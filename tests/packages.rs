@@ -235,6 +235,7 @@ fn assert_no_trace(sd: &SystemdBox) {
         "/usr/lib/systemd/system/app.socket",
         "/usr/lib/systemd/system/app@.service",
         "/usr/lib/systemd/system/app.target",
+        "/usr/share/doc/app/examples",
         "/usr/share/doc/app",
         "/usr/share/licenses/app",
         "/usr/share/man/man1/app.1.gz",

@@ -6,5 +6,6 @@ if [ "$1" -eq 0 ]; then
     # cargo-generate-rpm packages files, not the directories holding them,
     # so rpm leaves these behind. A modified settings file was kept as
     # app.toml.rpmsave (rpm says so), and then /etc/app stays with it.
-    rmdir --ignore-fail-on-non-empty /etc/app /usr/share/doc/app /usr/share/licenses/app
+    rmdir --ignore-fail-on-non-empty /etc/app /usr/share/doc/app/examples /usr/share/doc/app \
+        /usr/share/licenses/app
 fi
