@@ -65,23 +65,23 @@ impl Rotation {
     /// asked for it, and a host wrongly out costs capacity, while a host
     /// wrongly in gets requests as it stops.
     pub fn is_out(&self) -> bool {
-        let (seen, error) = match self.flag.try_exists() {
-            Ok(false) => (Seen::In, None),
-            Ok(true) => (Seen::Out, None),
-            Err(err) => (Seen::Unknown, Some(err)),
+        let checked = self.flag.try_exists();
+        let seen = match checked {
+            Ok(false) => Seen::In,
+            Ok(true) => Seen::Out,
+            Err(_) => Seen::Unknown,
         };
-        let before = self.seen.swap(seen as u8, Ordering::Relaxed);
-        if before != seen as u8 {
+        if self.seen.swap(seen as u8, Ordering::Relaxed) != seen as u8 {
             let flag = self.flag.display();
-            match (seen, error) {
-                (Seen::In, _) => tracing::info!(%flag, "back in rotation: /readyz answers 200"),
-                (Seen::Out, _) => tracing::warn!(
+            match checked {
+                Ok(false) => tracing::info!(%flag, "back in rotation: /readyz answers 200"),
+                Ok(true) => tracing::warn!(
                     %flag,
                     "taken out of rotation (app rotation out): /readyz answers 503"
                 ),
-                (Seen::Unknown, err) => tracing::error!(
+                Err(err) => tracing::error!(
                     %flag,
-                    error = %err.map(|e| e.to_string()).unwrap_or_default(),
+                    error = %err,
                     "cannot check the rotation flag; answering /readyz 503 until it can be"
                 ),
             }
