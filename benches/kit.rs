@@ -16,7 +16,7 @@
 //!    latency over time with each rollout marked.
 //!
 //! It writes `benches/results/RESULTS.md` and `benches/results/rollouts.svg`,
-//! and puts the same table into the README between its `bench-results`
+//! and puts the same table into docs/figures.md between its `bench-results`
 //! markers. The machine is shared and noisy: compare the ratios of one run.
 
 #[path = "../tests/support/mod.rs"]
@@ -58,7 +58,7 @@ const TAIL: Duration = Duration::from_secs(3);
 const BUCKET: Duration = Duration::from_millis(100);
 
 /// The sections, by the names `cargo bench --bench kit -- NAME...` takes to
-/// run only some of them (then the results, the README and the committed
+/// run only some of them (then the results, docs/figures.md and the committed
 /// plot are left alone; the plot goes under the target directory).
 const SECTIONS: [&str; 4] = ["start", "steady", "connections", "systemd"];
 
@@ -77,7 +77,7 @@ fn main() {
     let runs = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     // 4,096 connections need more descriptors than the usual soft limit;
     // children (wrk, the servers) inherit the raised one.
-    if let Err(err) = handover::fds::raise_soft_limit() {
+    if let Err(err) = handover::internals::raise_soft_limit() {
         eprintln!("cannot raise the file descriptor limit: {err}");
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -113,7 +113,7 @@ fn main() {
     if only.is_empty() {
         report.write(root);
     } else {
-        println!("(a partial run: results and README left as they were)");
+        println!("(a partial run: results and docs/figures.md left as they were)");
     }
 }
 
@@ -1153,8 +1153,8 @@ impl Report {
         }
         std::fs::write(dir.join("RESULTS.md"), results).unwrap();
 
-        // The README shows the latest table, between its markers.
-        let readme_path = root.join("README.md");
+        // docs/figures.md shows the latest table, between its markers.
+        let readme_path = root.join("docs/figures.md");
         let readme = std::fs::read_to_string(&readme_path).unwrap();
         let (start, end) = ("<!-- bench-results:start -->", "<!-- bench-results:end -->");
         match (readme.find(start), readme.find(end)) {
@@ -1162,15 +1162,15 @@ impl Report {
                 let mut section = format!("{start}\n{table}");
                 if self.deploy.is_some() {
                     section.push_str(
-                        "\n![Latency over time across 10 rollouts](benches/results/rollouts.svg)\n",
+                        "\n![Latency over time across 10 rollouts](../benches/results/rollouts.svg)\n",
                     );
                 }
                 let updated = format!("{}{section}{}", &readme[..a], &readme[b..]);
                 std::fs::write(&readme_path, updated).unwrap();
-                println!("updated README.md and {}", dir.display());
+                println!("updated docs/figures.md and {}", dir.display());
             }
             _ => println!(
-                "README.md has no bench-results markers; wrote {}",
+                "docs/figures.md has no bench-results markers; wrote {}",
                 dir.display()
             ),
         }

@@ -33,7 +33,7 @@ fn main() -> std::io::Result<()> {
         };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
-        let listener = socket.listen(handover::listeners::BIND_BACKLOG as u32)?;
+        let listener = socket.listen(handover::internals::BIND_BACKLOG as u32)?;
         println!("baseline serving http on {}", listener.local_addr()?);
         loop {
             let (stream, _) = listener.accept().await?;

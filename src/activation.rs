@@ -20,6 +20,7 @@ const MAX_FDS: u32 = 1024;
 
 /// The raw values of the activation variables, read once at start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // internal (fuzzing): the variables of the same names
 pub struct ActivationEnv {
     pub listen_pid: Option<String>,
     pub listen_fds: Option<String>,

@@ -43,6 +43,7 @@ use crate::settings::{ConnectionTimeouts, Limits};
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// Any error, as hyper and tower pass them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a connection needs from the server that accepted it.

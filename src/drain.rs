@@ -43,6 +43,7 @@ impl Trigger {
         self.tx.borrow().unwrap_or(now)
     }
 
+    /// Another watch of this trigger.
     pub fn watch(&self) -> Watch {
         Watch {
             rx: self.tx.subscribe(),
@@ -51,6 +52,7 @@ impl Trigger {
 }
 
 impl Watch {
+    /// Whether the drain has started (or the trigger is gone).
     pub fn is_draining(&self) -> bool {
         self.started_at().is_some() || self.rx.has_changed().is_err()
     }

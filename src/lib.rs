@@ -1,51 +1,57 @@
-//! A kit for HTTP services under systemd that deploy without losing a request.
-//!
-//! systemd holds the listening socket (`app.socket`) open all the time and
-//! passes it to every instance of the service (`app@.service`). An instance
-//! takes its sockets from the environment, serves, tells systemd `READY=1`,
-//! and on SIGTERM drains: it stops accepting (connections wait in the
-//! socket's queue for a sibling), finishes what is in flight, closes
-//! keep-alive connections without racing their clients, and exits before its
-//! deadline. Restarting instances one after another is then a deploy in which
-//! nothing is lost.
+#![doc = include_str!("../docs/guide.md")]
 //!
 //! # Layout
 //! One module per question:
-//! - where listening sockets come from: [`activation`] (the `LISTEN_*`
-//!   environment, parsed) and [`listeners`] (the fds, checked; or a bind);
-//! - talking to the service manager: [`notify`];
+//! - the one call that owns the process: `service` ([`Service`]); what a
+//!   service is handed: `context` ([`Context`]); its name and every name
+//!   derived from it: `name`; its command line: `cli`;
+//! - where listening sockets come from: `activation` (the `LISTEN_*`
+//!   environment, parsed) and `listeners` (the fds, checked; or a bind);
+//! - talking to the service manager: `notify`;
 //! - what "draining" means and who sees it: [`drain`];
 //! - serving and the drain's order and deadline: [`server`]; one connection's
 //!   keep-alive, timeouts and clean close: `connection`;
 //! - settings from flags, environment and file: [`settings`]; whether the
-//!   connections they allow fit the file descriptor limit: [`fds`];
-//! - signals as intents: [`signals`]; logs: [`logging`];
-//! - the process from start to exit code: [`lifecycle`];
-//! - the deploy verb, restarting instances one at a time: [`rollout`];
-//! - taking a whole host out of its load balancer's rotation: [`rotation`];
-//! - the reference app's routes: [`routes`].
+//!   connections they allow fit the file descriptor limit: `fds`;
+//! - signals as intents: `signals`; logs: `logging`;
+//! - the process from start to exit code: `lifecycle`;
+//! - the operator verbs: `rollout` (restart instances one at a time),
+//!   `rotation` (take a host out of its balancer's rotation), `render`
+//!   (units, package scripts, settings file and man pages for a name).
 //!
-//! The `app` binary (`src/main.rs`) is the reference user: it gathers
-//! settings, environment and listeners before any thread starts, then hands
-//! them to [`lifecycle::run`] with [`routes::App`].
+//! The reference service, `app` (`src/bin/app/`), is built on this public
+//! API only, as any other service is.
+#![warn(missing_docs)]
 
-pub mod activation;
+mod activation;
+mod cli;
 mod connection;
+mod context;
 pub mod drain;
+#[doc(hidden)]
 pub mod fault;
-pub mod fds;
-pub mod lifecycle;
-pub mod listeners;
-pub mod logging;
-pub mod notify;
-pub mod rollout;
-pub mod rotation;
-pub mod routes;
+mod fds;
+mod lifecycle;
+mod listeners;
+mod logging;
+mod name;
+mod notify;
+mod render;
+mod rollout;
+mod rotation;
 pub mod server;
+mod service;
 pub mod settings;
-pub mod signals;
+mod signals;
 
 pub use connection::BoxError;
+pub use context::{Context, Readiness};
+pub use lifecycle::{EXIT_DRAIN_CUT, EXIT_FORCED};
+pub use listeners::Listener;
+pub use name::NameError;
+pub use server::{HttpService, HyperService};
+pub use service::Service;
+pub use settings::{NoSettings, ServiceSettings};
 
 /// An error and its sources on one line, `outer: inner: innermost`, for logs.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
@@ -58,3 +64,38 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Internals the kit's own tests, benchmarks and fuzz targets reach into.
+/// Not part of the API: no service needs them, and they change freely.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::activation::{ActivationEnv, FIRST_FD, assign};
+    pub use crate::fds::raise_soft_limit;
+    pub use crate::listeners::BIND_BACKLOG;
+    pub use crate::settings::{FileSettings, ServeArgs, Settings, SettingsFile};
+
+    /// A [`Context`](crate::Context) for a service served by hand (an
+    /// in-process test or a fuzz target), with fixed settings.
+    pub fn context<T>(
+        name: &'static str,
+        drain: crate::drain::Watch,
+        kit: crate::settings::Settings,
+        service: T,
+        rotation_flag: &std::path::Path,
+    ) -> crate::Context<T> {
+        let (_, kit) = tokio::sync::watch::channel(std::sync::Arc::new(kit));
+        let (_, service) = tokio::sync::watch::channel(std::sync::Arc::new(service));
+        crate::Context::new(
+            name,
+            drain,
+            kit,
+            service,
+            std::sync::Arc::new(crate::rotation::Rotation::new(rotation_flag)),
+        )
+    }
+}
+
+/// The README's quick start compiles: its Rust blocks are doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -12,21 +12,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body, Incoming};
-use hyper::service::Service;
-use hyper::{Request, Response};
 use tokio::sync::watch;
 
-use crate::connection::BoxError;
+use crate::context::Context;
 use crate::drain;
 use crate::error_chain;
 use crate::listeners::Listener;
 use crate::logging::LogHandle;
 use crate::notify::{Notifier, NotifyState};
 use crate::rotation::Rotation;
-use crate::server::{DrainReport, Server};
-use crate::settings::{ServeArgs, Settings};
+use crate::server::{DrainReport, HttpService, Server};
+use crate::settings::{ConnectionTimeouts, Loaded, ServeArgs, ServiceSettings, Settings};
 use crate::signals::{Intent, Intents};
 
 /// Margin given to systemd beyond our own drain deadline, for the exit itself.
@@ -37,45 +33,11 @@ pub const EXIT_DRAIN_CUT: u8 = 3;
 /// Exit status after a second drain signal ended the drain early.
 pub const EXIT_FORCED: u8 = 4;
 
-/// What a service gets from the kit when it is created.
-#[derive(Debug, Clone)]
-pub struct ServiceContext {
-    pub drain: drain::Watch,
-    /// The settings in force; a reload sends new ones.
-    pub settings: watch::Receiver<Settings>,
-    /// Whether the host is in its load balancer's rotation (`app rotation`).
-    pub rotation: Arc<Rotation>,
-}
-
-/// What a readiness check (`/readyz`) should answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
-    /// 200: send requests here.
-    Ready,
-    /// 503: this instance is leaving; its siblings and successor serve.
-    Draining,
-    /// 503: the whole host is leaving; every instance still serves, so a
-    /// balancer can move traffic before anything stops.
-    OutOfRotation,
-}
-
-impl ServiceContext {
-    /// This instance's readiness; a drain wins, as it is the more final.
-    pub fn readiness(&self) -> Readiness {
-        if self.drain.is_draining() {
-            Readiness::Draining
-        } else if self.rotation.is_out() {
-            Readiness::OutOfRotation
-        } else {
-            Readiness::Ready
-        }
-    }
-}
-
 /// Everything gathered before the runtime started.
-pub struct Startup {
+pub(crate) struct Startup<T> {
+    pub name: &'static str,
     pub args: ServeArgs,
-    pub settings: Settings,
+    pub settings: Loaded<T>,
     pub listeners: Vec<Listener>,
     pub notifier: Notifier,
     pub watchdog: Option<Duration>,
@@ -86,7 +48,7 @@ pub struct Startup {
 
 /// How the process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Every connection finished before the deadline.
     Clean(DrainReport),
     /// The deadline cut connections.
@@ -96,7 +58,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn exit_code(&self) -> ExitCode {
+    pub(crate) fn exit_code(&self) -> ExitCode {
         match self {
             Outcome::Clean(_) => ExitCode::SUCCESS,
             Outcome::Cut(_) => ExitCode::from(EXIT_DRAIN_CUT),
@@ -107,20 +69,22 @@ impl Outcome {
 
 /// Serves `startup.listeners` with the service `make_service` builds, until a
 /// drain signal, and drains.
-pub async fn run<S, B>(
-    startup: Startup,
-    make_service: impl FnOnce(ServiceContext) -> S,
+pub(crate) async fn run<T, S>(
+    startup: Startup<T>,
+    make_service: impl FnOnce(Context<T>) -> S,
 ) -> std::io::Result<Outcome>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    T: ServiceSettings,
+    S: HttpService,
 {
     let Startup {
+        name,
         args,
-        settings,
+        settings:
+            Loaded {
+                kit: settings,
+                service: service_settings,
+            },
         listeners,
         notifier,
         watchdog,
@@ -129,16 +93,23 @@ where
         rotation,
     } = startup;
     let notifier = Arc::new(notifier);
-    let (settings_tx, settings_rx) = watch::channel(settings.clone());
+    let (settings_tx, settings_rx) = watch::channel(Arc::new(settings.clone()));
+    let (service_tx, service_rx) = watch::channel(Arc::new(service_settings));
     let (timeouts_tx, timeouts_rx) = watch::channel(settings.timeouts);
     let (trigger, drain) = drain::channel();
-    let service = make_service(ServiceContext {
+    let service = make_service(Context::new(
+        name,
         drain,
-        settings: settings_rx,
-        rotation: Arc::new(rotation),
-    });
+        settings_rx,
+        service_rx,
+        Arc::new(rotation),
+    ));
     let server = Server::start(listeners, service, trigger, timeouts_rx, settings.limits)?;
-    let status = format!("serving http on {}", server.listening().join(", "));
+    // A Unix socket's path may hold a newline; STATUS= must be one line.
+    let status = crate::notify::one_line(&format!(
+        "serving http on {}",
+        server.listening().join(", ")
+    ));
     tracing::info!(
         instance = %settings.instance,
         pid = std::process::id(),
@@ -150,11 +121,13 @@ where
         spawn_watchdog(notifier.clone(), interval);
     }
     let lifecycle = Lifecycle {
+        name,
         args,
         config: settings.config.clone(),
         notifier,
         log,
         settings_tx,
+        service_tx,
         timeouts_tx,
         status,
     };
@@ -168,25 +141,28 @@ where
     Ok(lifecycle.drain(server, signal, &mut intents).await)
 }
 
-struct Lifecycle {
+struct Lifecycle<T> {
+    name: &'static str,
     args: ServeArgs,
     config: Option<PathBuf>,
     notifier: Arc<Notifier>,
     log: Option<LogHandle>,
-    settings_tx: watch::Sender<Settings>,
-    timeouts_tx: watch::Sender<crate::settings::ConnectionTimeouts>,
+    settings_tx: watch::Sender<Arc<Settings>>,
+    service_tx: watch::Sender<Arc<T>>,
+    timeouts_tx: watch::Sender<ConnectionTimeouts>,
     status: String,
 }
 
-impl Lifecycle {
+impl<T: ServiceSettings> Lifecycle<T> {
     fn reload(&self) {
         self.notifier.notify(&[
             NotifyState::Reloading,
             NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
         ]);
         let current = self.settings_tx.borrow().clone();
-        match current.reload(&self.args) {
-            Ok((next, restart_only)) => {
+        match Loaded::<T>::load(&self.args, self.name) {
+            Ok(Loaded { kit, service }) => {
+                let (next, restart_only) = current.reloaded(kit);
                 if let Some(Err(err)) = self.log.as_ref().map(|log| log.set_filter(&next.log_level))
                 {
                     tracing::error!(error = %err, "log filter not changed");
@@ -198,7 +174,8 @@ impl Lifecycle {
                     );
                 }
                 self.timeouts_tx.send_replace(next.timeouts);
-                self.settings_tx.send_replace(next);
+                self.settings_tx.send_replace(Arc::new(next));
+                self.service_tx.send_replace(Arc::new(service));
                 tracing::info!(config = ?self.config, "settings reloaded");
             }
             Err(err) => {
@@ -279,4 +256,27 @@ fn spawn_watchdog(notifier: Arc<Notifier>, interval: Duration) {
             notifier.notify(&[NotifyState::Watchdog]);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_outcome_has_its_exit_status() {
+        let report = DrainReport {
+            connections_at_start: 2,
+            cut: 1,
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(Outcome::Clean(report).exit_code(), ExitCode::SUCCESS);
+        assert_eq!(
+            Outcome::Cut(report).exit_code(),
+            ExitCode::from(EXIT_DRAIN_CUT)
+        );
+        assert_eq!(
+            Outcome::Forced { connections: 1 }.exit_code(),
+            ExitCode::from(EXIT_FORCED)
+        );
+    }
 }

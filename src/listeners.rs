@@ -12,8 +12,10 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use listenfd::ListenFd;
 
@@ -32,18 +34,37 @@ pub enum Fallback {
 /// A listening socket, not yet registered with a tokio runtime.
 #[derive(Debug)]
 pub enum StdListener {
+    /// A TCP socket (IPv4 or IPv6).
     Tcp(std::net::TcpListener),
+    /// A Unix stream socket.
     Unix(UnixListener),
 }
 
-/// A listening socket and where it came from.
+/// A listening socket, and where it came from. The kit takes them from
+/// systemd itself; build one from a std listener to serve by hand
+/// ([`crate::server`]). It must be non-blocking.
 #[derive(Debug)]
 pub struct Listener {
-    pub socket: StdListener,
-    /// The fd systemd passed, with its name; `None` when we bound it ourselves.
-    pub passed: Option<PassedFd>,
+    pub(crate) socket: StdListener,
 }
 
+impl From<std::net::TcpListener> for Listener {
+    fn from(socket: std::net::TcpListener) -> Self {
+        Self {
+            socket: StdListener::Tcp(socket),
+        }
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(socket: UnixListener) -> Self {
+        Self {
+            socket: StdListener::Unix(socket),
+        }
+    }
+}
+
+/// Why the listening sockets cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     #[error(transparent)]
@@ -66,9 +87,13 @@ pub enum ListenerError {
     },
     #[error(
         "no socket passed (LISTEN_FDS is not set) and require_socket is on: \
-         start app through its socket unit, or drop --require-socket to bind --listen"
+         start the service through its socket unit, or drop --require-socket to bind --listen"
     )]
     NoSocket,
+    #[error("the passed sockets were already taken by this process")]
+    AlreadyTaken,
+    #[error("LISTEN_FDS_FIRST_FD={0:?}: passed fds start at 3; unset it")]
+    FirstFd(String),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -102,38 +127,47 @@ impl fmt::Display for Listener {
 
 /// The listeners for this process: those systemd passed, or what `fallback` says.
 ///
-/// Returns also the passed fds that are not the app's (already closed).
+/// Returns also the passed fds that are not the service's (already closed).
 ///
-/// # Safety
-/// Reads and removes the activation variables (`LISTEN_PID`, `LISTEN_FDS`,
-/// `LISTEN_FDNAMES`) so child processes do not inherit them: call it before any
-/// other thread exists, in particular before the tokio runtime starts.
-pub unsafe fn take_from_env(
+/// The activation variables stay in the environment (removing them is not
+/// safe once threads may exist). A child process cannot mistake them for
+/// its own: `LISTEN_PID` names this process, and the fds are close-on-exec.
+/// The fds are taken once per process: a second call is an error, not a
+/// second owner of the same fds.
+pub(crate) fn take_from_env(
     fallback: Fallback,
 ) -> Result<(Vec<Listener>, Vec<PassedFd>), ListenerError> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(ListenerError::AlreadyTaken);
+    }
     let env = ActivationEnv::from_process_env();
     let parsed = env.parse(std::process::id());
-    // listenfd reads the same variables; it honours LISTEN_FDS_FIRST_FD, which
-    // systemd never sets, so drop it to keep listenfd's indexes equal to ours.
-    // SAFETY: the caller guarantees no other thread is running.
-    unsafe { std::env::remove_var("LISTEN_FDS_FIRST_FD") };
-    let mut listenfd = ListenFd::from_env();
-    unsafe {
-        for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-            std::env::remove_var(name);
-        }
-    }
     let Some(fds) = parsed? else {
         return match fallback {
             Fallback::Bind(addr) => Ok((vec![bind(addr)?], Vec::new())),
             Fallback::Refuse => Err(ListenerError::NoSocket),
         };
     };
+    // listenfd honours LISTEN_FDS_FIRST_FD, which systemd never sets; with
+    // it set, listenfd's indexes would not be ours.
+    if let Some(first) = std::env::var_os("LISTEN_FDS_FIRST_FD")
+        && first != "3"
+    {
+        return Err(ListenerError::FirstFd(first.to_string_lossy().into_owned()));
+    }
+    let mut listenfd = ListenFd::from_env();
     let assignment = activation::assign(fds)?;
     for unused in &assignment.unused {
-        if let Ok(Some(fd)) = listenfd.take_raw_fd(index(unused)) {
-            // SAFETY: systemd gave this fd to us and nothing else holds it.
-            unsafe { libc::close(fd) };
+        // Closed only if it is a socket, as systemd passes: a malformed
+        // LISTEN_FDS can name fds that were never passed, and one of those
+        // may be the runtime's own by now (a service that owns its runtime).
+        if let Ok(Some(fd)) = listenfd.take_raw_fd(index(unused))
+            && is_socket(fd)
+        {
+            // SAFETY: a socket systemd passed to this process; by the TAKEN
+            // guard above nothing else here took it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
     let listeners = assignment
@@ -149,8 +183,9 @@ pub unsafe fn take_from_env(
 /// under systemd. The kernel caps it at `net.core.somaxconn`.
 pub const BIND_BACKLOG: i32 = 4096;
 
-/// Binds `addr` ourselves, for starts outside socket activation.
-pub fn bind(addr: SocketAddr) -> Result<Listener, ListenerError> {
+/// Binds `addr` as the kit does outside socket activation: non-blocking,
+/// with a queue as deep as the socket unit's.
+pub(crate) fn bind(addr: SocketAddr) -> Result<Listener, ListenerError> {
     let socket = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .and_then(|l| {
@@ -165,10 +200,7 @@ pub fn bind(addr: SocketAddr) -> Result<Listener, ListenerError> {
             }
         })
         .map_err(|source| ListenerError::Bind { addr, source })?;
-    Ok(Listener {
-        socket: StdListener::Tcp(socket),
-        passed: None,
-    })
+    Ok(Listener::from(socket))
 }
 
 fn index(passed: &PassedFd) -> usize {
@@ -192,10 +224,7 @@ fn take(listenfd: &mut ListenFd, passed: PassedFd) -> Result<Listener, ListenerE
         fd: passed.describe(),
         source,
     })?;
-    Ok(Listener {
-        socket,
-        passed: Some(passed),
-    })
+    Ok(Listener { socket })
 }
 
 fn already_taken() -> io::Error {
@@ -227,6 +256,16 @@ impl FdProblem {
 
 /// Checks that `fd` is an open, listening stream socket of a family we serve,
 /// and returns that family.
+/// Whether `fd` is an open socket.
+fn is_socket(fd: RawFd) -> bool {
+    // SAFETY: fstat only writes into the buffer we pass; an fd that is not
+    // open makes it fail with EBADF.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    }
+}
+
 fn inspect(fd: RawFd) -> Result<i32, FdProblem> {
     // SAFETY: fstat and getsockopt only write into the buffers we pass; an fd
     // that is not open makes them fail with EBADF, which we report.

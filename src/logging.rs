@@ -43,15 +43,21 @@ impl Destination {
     }
 }
 
-/// Installs the global subscriber. `filter` has been validated with the settings.
-pub fn init(filter: &str, destination: Destination) -> Result<LogHandle, LogError> {
+/// Installs the global subscriber. `filter` has been validated with the
+/// settings; `identifier` is the journal's `SYSLOG_IDENTIFIER` (the service's
+/// name, so `journalctl -t orders` finds its lines).
+pub fn init(
+    filter: &str,
+    destination: Destination,
+    identifier: &str,
+) -> Result<LogHandle, LogError> {
     let filter = EnvFilter::try_new(filter).map_err(|e| LogError(e.into()))?;
     let (filter, handle) = reload::Layer::new(filter);
     let journald = match destination {
         Destination::Journal => match tracing_journald::layer() {
-            Ok(layer) => Some(layer.with_syslog_identifier("app".into())),
+            Ok(layer) => Some(layer.with_syslog_identifier(identifier.to_owned())),
             Err(err) => {
-                eprintln!("app: cannot log to the journal ({err}); logging to stderr");
+                eprintln!("{identifier}: cannot log to the journal ({err}); logging to stderr");
                 None
             }
         },

@@ -3,9 +3,12 @@
 //!
 //! States are sd-notify's typed [`NotifyState`] values, rendered by its
 //! `Display`. We send them ourselves rather than through `sd_notify::notify`
-//! because that reads `NOTIFY_SOCKET` on every call, and we remove the variable
-//! at start (before any thread) so child processes do not inherit it. Outside
-//! systemd every call is a no-op.
+//! because that reads `NOTIFY_SOCKET` on every call, and we read it once at
+//! start. Outside systemd every call is a no-op.
+//!
+//! The variables stay in the environment: removing them is not safe once
+//! threads may exist, and a service that owns its runtime has threads. The
+//! units' `NotifyAccess=main` makes a child's datagrams harmless anyway.
 
 use std::ffi::OsString;
 use std::io;
@@ -25,20 +28,35 @@ pub struct ManagerEnv {
 }
 
 impl ManagerEnv {
-    /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`, and removes them.
-    ///
-    /// # Safety
-    /// Modifies the environment: call it before any other thread exists.
-    pub unsafe fn take() -> Self {
-        let notify_socket = std::env::var_os("NOTIFY_SOCKET");
-        // SAFETY: the caller guarantees no other thread is running.
-        let watchdog = unsafe { sd_notify::watchdog_enabled_and_unset_env() };
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+    /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
+    pub fn read() -> Self {
+        let var = |name| std::env::var(name).ok();
         Self {
-            notify_socket,
-            watchdog,
+            notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+            watchdog: watchdog_interval(
+                var("WATCHDOG_USEC").as_deref(),
+                var("WATCHDOG_PID").as_deref(),
+                std::process::id(),
+            ),
         }
     }
+}
+
+/// The watchdog interval systemd asks of `own_pid`, as sd_watchdog_enabled(3)
+/// reads it: `WATCHDOG_USEC` a positive number, and `WATCHDOG_PID`, when set,
+/// this process (a child that inherited the variables is not watched).
+pub(crate) fn watchdog_interval(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    own_pid: u32,
+) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|&usec| usec > 0)?;
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok() != Some(own_pid)
+    {
+        return None;
+    }
+    Some(Duration::from_micros(usec))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +107,6 @@ impl Notifier {
         })
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.target.is_some()
-    }
-
     /// Sends `states` in one datagram. A failure is logged, not returned: the
     /// service keeps serving even if the manager cannot hear it.
     pub fn notify(&self, states: &[NotifyState<'_>]) {
@@ -104,11 +118,6 @@ impl Notifier {
             tracing::warn!(error = %err, message = %message.trim_end(), "cannot notify the service manager");
         }
     }
-
-    /// `STATUS=` alone, for progress lines.
-    pub fn status(&self, text: &str) {
-        self.notify(&[NotifyState::Status(&one_line(text))]);
-    }
 }
 
 /// One `KEY=VALUE` line per state, as sd_notify(3) expects.
@@ -117,7 +126,7 @@ pub fn render(states: &[NotifyState<'_>]) -> String {
 }
 
 /// A `STATUS=` value must be one line; a newline would start a new assignment.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
 }
 
@@ -169,9 +178,20 @@ mod tests {
     }
 
     #[test]
+    fn the_watchdog_is_ours_only_when_its_pid_is() {
+        let ten = Some(Duration::from_secs(10));
+        assert_eq!(watchdog_interval(Some("10000000"), None, 7), ten);
+        assert_eq!(watchdog_interval(Some("10000000"), Some("7"), 7), ten);
+        assert_eq!(watchdog_interval(Some("10000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval(Some("soon"), None, 7), None);
+        assert_eq!(watchdog_interval(None, Some("7"), 7), None);
+    }
+
+    #[test]
     fn without_a_socket_nothing_is_sent() {
         let notifier = Notifier::new(None).unwrap();
-        assert!(!notifier.is_enabled());
+        assert!(notifier.target.is_none());
         notifier.notify(&[NotifyState::Ready]);
     }
 }

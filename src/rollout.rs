@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 
@@ -19,9 +19,9 @@ pub struct RolloutArgs {
     #[arg(long)]
     pub config_only: bool,
 
-    /// The template whose instances to roll: NAME@.service
-    #[arg(long, default_value = "app", value_name = "NAME")]
-    pub template: String,
+    /// The template whose instances to roll: NAME@.service [default: the service's name]
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
 
     /// With no instance running, do nothing and succeed instead of failing.
     /// Package upgrades use it: an upgrade starts nothing the administrator stopped
@@ -53,29 +53,25 @@ pub enum RolloutError {
     },
 }
 
-/// What one step did, for the summary.
-#[derive(Debug, Clone)]
-pub struct Step {
-    pub unit: String,
-    pub took: Duration,
-    pub old_pid: String,
-    pub new_pid: String,
-}
-
-/// Runs the rollout, printing each step to `out`.
-pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, RolloutError> {
+/// Runs the rollout of `default_template`'s instances (or `--template`'s),
+/// printing each step to `out`. Returns how many instances it rolled.
+pub fn run(
+    args: &RolloutArgs,
+    default_template: &str,
+    out: &mut impl Write,
+) -> Result<usize, RolloutError> {
     let systemctl = Systemctl;
-    let units = running_instances(&systemctl, &args.template)?;
+    let template = args.template.as_deref().unwrap_or(default_template);
+    let units = running_instances(&systemctl, template)?;
     if units.is_empty() {
         if args.if_running {
             let _ = writeln!(
                 out,
-                "rollout: no {}@ instance is running; nothing to do",
-                args.template
+                "rollout: no {template}@ instance is running; nothing to do"
             );
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        return Err(RolloutError::NothingRunning(args.template.clone()));
+        return Err(RolloutError::NothingRunning(template.to_owned()));
     }
     let verb = if args.config_only {
         "reload"
@@ -89,7 +85,6 @@ pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, Rollou
         units.join(", ")
     );
     let started = Instant::now();
-    let mut steps = Vec::new();
     for (i, unit) in units.iter().enumerate() {
         let old_pid = systemctl.state(unit)?.main_pid;
         let _ = writeln!(out, "rollout: {verb} {unit} (pid {old_pid}) ...");
@@ -119,20 +114,14 @@ pub fn run(args: &RolloutArgs, out: &mut impl Write) -> Result<Vec<Step>, Rollou
             "rollout: {unit} ready in {:.2}s (pid {old_pid} -> {new_pid})",
             took.as_secs_f64()
         );
-        steps.push(Step {
-            unit: unit.clone(),
-            took,
-            old_pid,
-            new_pid,
-        });
     }
     let _ = writeln!(
         out,
         "rollout: done, {} instances in {:.2}s",
-        steps.len(),
+        units.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok(steps)
+    Ok(units.len())
 }
 
 /// Instances that are running or trying to (a failed one is included, so a

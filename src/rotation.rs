@@ -1,5 +1,5 @@
 //! Whether this host is in its load balancer's rotation, and the verb that
-//! takes it out and puts it back (`app rotation out|in|status`).
+//! takes it out and puts it back (`NAME rotation out|in|status`).
 //!
 //! A whole host that leaves (to be stopped, or upgraded while it carries
 //! requests a balancer may not retry) must leave the balancer's rotation
@@ -23,10 +23,7 @@ use clap::{Args, Subcommand};
 
 use crate::settings::parse_duration;
 
-/// Where `app` and `app rotation` keep the flag.
-pub const DEFAULT_FLAG: &str = "/run/app/out-of-rotation";
-
-/// Exit status of `app rotation status` for a host out of rotation.
+/// Exit status of `NAME rotation status` for a host out of rotation.
 pub const EXIT_OUT: u8 = 3;
 
 /// An instance's view of the flag. Each check is one `stat`, made when a
@@ -56,10 +53,6 @@ impl Rotation {
         }
     }
 
-    pub fn flag(&self) -> &Path {
-        &self.flag
-    }
-
     /// Whether the host is out of rotation: the flag file exists. When it
     /// cannot be checked, the answer is "out": the operator may well have
     /// asked for it, and a host wrongly out costs capacity, while a host
@@ -77,7 +70,7 @@ impl Rotation {
                 Ok(false) => tracing::info!(%flag, "back in rotation: /readyz answers 200"),
                 Ok(true) => tracing::warn!(
                     %flag,
-                    "taken out of rotation (app rotation out): /readyz answers 503"
+                    "taken out of rotation (rotation out): /readyz answers 503"
                 ),
                 Err(err) => tracing::error!(
                     %flag,
@@ -216,7 +209,7 @@ pub enum Action {
     Status,
 }
 
-/// Runs `app rotation ACTION` on `flag`, printing what it did to `out`.
+/// Runs `NAME rotation ACTION` on `flag`, printing what it did to `out`.
 pub fn run(
     args: &RotationArgs,
     flag: &Path,

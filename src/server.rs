@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use hyper::body::{Body, Incoming};
-use hyper::service::Service;
 use hyper::{Request, Response};
+use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,76 @@ use crate::settings::{ConnectionTimeouts, Limits};
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Pause after an accept error such as EMFILE, so a full fd table is not a busy loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// What the kit serves: any tower [`Service`](tower::Service) of HTTP
+/// requests that is `Clone + Send`, as an axum `Router` is, with tower layers
+/// or without. A hyper service fits through [`HyperService`].
+///
+/// Implemented for every such service; there is nothing to implement.
+pub trait HttpService: Clone + Send + 'static {
+    /// The response body.
+    type ResponseBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    /// The hyper service the connections call: the tower service, cloned
+    /// per request and driven through `poll_ready` and `call`.
+    #[doc(hidden)]
+    fn into_hyper(
+        self,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Self::ResponseBody>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static;
+}
+
+impl<S, B> HttpService for S
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type ResponseBody = B;
+
+    fn into_hyper(
+        self,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        TowerToHyperService::new(self)
+    }
+}
+
+/// A hyper [`Service`](hyper::service::Service), served as a tower one:
+/// `handover::HyperService(my_hyper_service)`.
+#[derive(Debug, Clone)]
+pub struct HyperService<S>(pub S);
+
+impl<S, R> tower::Service<R> for HyperService<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // hyper services are always ready: they take `&self`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.0.call(request)
+    }
+}
 
 /// A running server. Dropping it without [`Server::drain`] leaves connections
 /// running until the runtime ends.
@@ -60,10 +132,12 @@ pub struct DrainReport {
     pub connections_at_start: usize,
     /// Connections the deadline cut; zero after a clean drain.
     pub cut: usize,
+    /// From the drain's start to the last connection's end.
     pub elapsed: Duration,
 }
 
 impl DrainReport {
+    /// Whether every connection finished before the deadline.
     pub fn is_clean(&self) -> bool {
         self.cut == 0
     }
@@ -98,20 +172,14 @@ impl Server {
     /// `trigger` is the drain trigger whose watches the service may hold (to
     /// answer `/readyz` or end streams); the server pulls it in [`Server::drain`].
     /// `timeouts` may change while it serves; `limits` are fixed.
-    pub fn start<S, B>(
+    pub fn start<S: HttpService>(
         listeners: Vec<Listener>,
         service: S,
         trigger: drain::Trigger,
         timeouts: watch::Receiver<ConnectionTimeouts>,
         limits: Limits,
-    ) -> io::Result<Server>
-    where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    ) -> io::Result<Server> {
+        let service = service.into_hyper();
         let connections = TaskTracker::new();
         let ctx = ConnectionContext {
             drain: trigger.watch(),
@@ -212,7 +280,7 @@ impl Server {
 ///
 /// The shutdown trigger is a future so tests (and embedders) can end the
 /// server without sending the process a signal.
-pub async fn serve<S, B>(
+pub async fn serve<S: HttpService>(
     listeners: Vec<Listener>,
     service: S,
     trigger: drain::Trigger,
@@ -220,14 +288,7 @@ pub async fn serve<S, B>(
     limits: Limits,
     deadline: Duration,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<DrainReport>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> io::Result<DrainReport> {
     let server = Server::start(listeners, service, trigger, timeouts, limits)?;
     shutdown.await;
     Ok(server.drain(deadline, |_| {}).await)
@@ -240,7 +301,7 @@ async fn accept_loop<L, S, B>(
     connections: TaskTracker,
 ) where
     L: Accept,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,

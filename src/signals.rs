@@ -60,11 +60,6 @@ impl Intents {
         Ok(Self { rx })
     }
 
-    /// Intents from any source, for tests and embedders.
-    pub fn from_channel(rx: mpsc::UnboundedReceiver<Intent>) -> Self {
-        Self { rx }
-    }
-
     /// The next intent; `None` once no more can come.
     pub async fn recv(&mut self) -> Option<Intent> {
         self.rx.recv().await

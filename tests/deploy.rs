@@ -316,12 +316,12 @@ async fn reload_applies_settings_without_dropping_requests() {
     if !can_boot("reload_applies_settings_without_dropping_requests") {
         return;
     }
-    let (sd, addr) = boot("slow_max = \"60s\"\n");
+    let (sd, addr) = boot("[app]\nslow_max = \"60s\"\n");
     blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
     let load = Load::start(addr, "/", 50, 50, PACE);
 
     let mut journals = blocking(&sd, |sd| {
-        sd.write("/etc/app/app.toml", "slow_max = \"200ms\"\n");
+        sd.write("/etc/app/app.toml", "[app]\nslow_max = \"200ms\"\n");
         let journals = [
             sd.follow_journal("app@1.service"),
             sd.follow_journal("app@2.service"),
@@ -340,7 +340,7 @@ async fn reload_applies_settings_without_dropping_requests() {
     }
 
     blocking(&sd, |sd| {
-        sd.write("/etc/app/app.toml", "slow_max = [broken\n");
+        sd.write("/etc/app/app.toml", "[app]\nslow_max = [broken\n");
         sd.systemctl_ok(&["reload", "app@1.service", "app@2.service"]);
     })
     .await;

@@ -137,6 +137,26 @@ async fn lifecycle(format: Format, test: &str) {
         assert_eq!(sd.property(unit, "ActiveState"), "active", "{unit}");
     }
     let socket_before = invocation(&sd, "app.socket");
+    // The licence travels with the package: the DEP-5 copyright file
+    // (both formats), and for rpm the licence field and the licence texts.
+    let copyright = match format {
+        Format::Deb => "/usr/share/doc/app/copyright",
+        Format::Rpm => "/usr/share/licenses/app/copyright",
+    };
+    let text = String::from_utf8_lossy(&sd.run("cat", &[copyright]).stdout).into_owned();
+    assert!(
+        text.contains("License: MIT or Apache-2.0")
+            && text.contains("Permission is hereby granted"),
+        "{copyright}:\n{text}"
+    );
+    if let Format::Rpm = format {
+        let field = sd.run("rpm", &["-q", "--queryformat", "%{LICENSE}", "app"]);
+        assert_eq!(String::from_utf8_lossy(&field.stdout), "MIT OR Apache-2.0");
+        for file in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            let path = format!("/usr/share/licenses/app/{file}");
+            assert!(sd.run("test", &["-s", &path]).status.success(), "{path}");
+        }
+    }
 
     // Upgrade under load: a rolling restart, nothing lost, the socket kept.
     let load = Load::start(addr, "/", 50, 50, PACE);

@@ -458,7 +458,6 @@ fn every_bad_setting_is_one_line_naming_it() {
             "99999999999999999999s",
             "\"99999999999999999999s\"",
         ),
-        ("slow_max", "", "\"\""),
         ("listen", "nowhere", "\"nowhere\""),
         ("listen", "127.0.0.1:99999", "\"127.0.0.1:99999\""),
         ("instance", "", "\"\""),
@@ -519,6 +518,11 @@ fn every_bad_setting_is_one_line_naming_it() {
     for (text, expect) in [
         ("drain_deadline = ", "settings file"),
         ("drain_dedline = \"1s\"", "unknown field `drain_dedline`"),
+        // The app's own section: its keys, typed and validated by the app.
+        ("[app]\nslow_max = \"\"", "[app]"),
+        ("[app]\nslow_max = \"0s\"", "slow_max"),
+        ("[app]\nslow_mx = \"1s\"", "unknown field `slow_mx`"),
+        ("slow_max = \"1s\"", "go under [app]"),
     ] {
         let file = dir.path().join("broken.toml");
         std::fs::write(&file, text).unwrap();

@@ -4,7 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use handover::activation::{self, ActivationEnv, FIRST_FD};
+use handover::internals::{ActivationEnv, FIRST_FD, assign};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
@@ -34,7 +34,7 @@ fuzz_target!(|input: Input| {
                 assert_eq!(fd.fd, FIRST_FD + i as i32);
                 assert!(!fd.describe().contains('\n'));
             }
-            match activation::assign(fds.clone()) {
+            match assign(fds.clone()) {
                 Ok(assignment) => {
                     assert!(!assignment.app.is_empty());
                     assert_eq!(assignment.app.len() + assignment.unused.len(), fds.len());

@@ -11,15 +11,18 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use handover::Listener;
 use handover::drain;
-use handover::lifecycle::ServiceContext;
-use handover::listeners::{Listener, StdListener};
-use handover::rotation::Rotation;
-use handover::routes::App;
+use handover::internals::{ServeArgs, Settings};
 use handover::server::Server;
-use handover::settings::{ServeArgs, Settings};
 use libfuzzer_sys::fuzz_target;
 use tokio::sync::watch;
+
+/// The reference app's routes, as its binary compiles them.
+#[path = "../../src/bin/app/routes.rs"]
+#[allow(dead_code)]
+mod routes;
+use routes::{App, AppSettings};
 
 /// One server for the whole run: state that outlives a connection (a leak,
 /// a stuck task) builds up where the checks below see it.
@@ -46,7 +49,6 @@ fn harness() -> &'static Harness {
         // /slow answers at once; the timeouts are short so that a head the
         // input leaves unfinished costs milliseconds, not the default 10s.
         let args = ServeArgs {
-            slow_max: Some(Duration::from_millis(1)),
             header_read_timeout: Some(Duration::from_millis(200)),
             idle_timeout: Some(Duration::from_millis(200)),
             ..ServeArgs::default()
@@ -59,18 +61,17 @@ fn harness() -> &'static Harness {
             .unwrap();
         let (timeouts_tx, timeouts) = watch::channel(settings.timeouts);
         std::mem::forget(timeouts_tx);
-        let (settings_tx, settings_rx) = watch::channel(settings);
-        std::mem::forget(settings_tx);
         let (trigger, drain) = drain::channel();
-        let app = App::new(ServiceContext {
+        let app = App::new(handover::internals::context(
+            "app",
             drain,
-            settings: settings_rx,
-            rotation: std::sync::Arc::new(Rotation::new("/nonexistent/out-of-rotation")),
-        });
-        let listener = Listener {
-            socket: StdListener::Unix(socket),
-            passed: None,
-        };
+            settings,
+            AppSettings {
+                slow_max: Duration::from_millis(1),
+            },
+            std::path::Path::new("/nonexistent/out-of-rotation"),
+        ));
+        let listener = Listener::from(socket);
         let server = {
             let _enter = runtime.enter();
             Server::start(vec![listener], app, trigger, timeouts, Default::default()).unwrap()

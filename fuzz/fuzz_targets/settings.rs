@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use handover::settings::{FileSettings, ServeArgs, Settings, parse_duration};
+use handover::NoSettings;
+use handover::internals::{ServeArgs, Settings, SettingsFile};
+use handover::settings::parse_duration;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,8 +17,9 @@ fuzz_target!(|data: &[u8]| {
         None => (data, None),
     };
     if let Ok(text) = std::str::from_utf8(file) {
-        match FileSettings::parse(Path::new("/etc/app/app.toml"), text) {
-            Ok(file) => match Settings::resolve(&ServeArgs::default(), &file) {
+        // The kit's keys and a service's section (here one without keys).
+        match SettingsFile::<NoSettings>::parse(Path::new("/etc/app/app.toml"), text, "app") {
+            Ok(file) => match Settings::resolve(&ServeArgs::default(), &file.kit) {
                 Ok(settings) => {
                     let t = settings.timeouts;
                     for d in [
@@ -24,7 +27,6 @@ fuzz_target!(|data: &[u8]| {
                         t.header_read,
                         t.idle,
                         t.idle_grace,
-                        settings.slow_max,
                     ] {
                         assert!(!d.is_zero() && d <= Duration::from_secs(3600));
                     }

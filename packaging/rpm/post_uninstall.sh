@@ -6,6 +6,11 @@ if [ "$1" -eq 0 ]; then
     # cargo-generate-rpm packages files, not the directories holding them,
     # so rpm leaves these behind. A modified settings file was kept as
     # app.toml.rpmsave (rpm says so), and then /etc/app stays with it.
-    rmdir --ignore-fail-on-non-empty /etc/app /usr/share/doc/app/examples /usr/share/doc/app \
-        /usr/share/licenses/app
+    # Deepest first; only those the package's files left.
+    for dir in /etc/app /usr/share/doc/app/examples /usr/share/doc/app \
+        /usr/share/licenses/app; do
+        if [ -d "$dir" ]; then
+            rmdir --ignore-fail-on-non-empty "$dir"
+        fi
+    done
 fi

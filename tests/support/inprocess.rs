@@ -10,16 +10,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use handover::drain;
-use handover::lifecycle::ServiceContext;
-use handover::listeners::{Listener, StdListener};
-use handover::rotation::Rotation;
-use handover::routes::{App, AppBody};
+use handover::internals::{FileSettings, ServeArgs, Settings};
 use handover::server::{DrainReport, Server};
-use handover::settings::{ConnectionTimeouts, FileSettings, Limits, ServeArgs, Settings};
+use handover::settings::{ConnectionTimeouts, Limits};
+use handover::{HyperService, Listener};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response};
 use tokio::sync::{mpsc, oneshot, watch};
+
+/// The reference app's routes, compiled into the tests as its binary
+/// compiles them: they use the kit's public API only.
+#[path = "../../src/bin/app/routes.rs"]
+#[allow(dead_code, unused_imports)]
+mod routes;
+use routes::{App, AppBody, AppSettings};
 
 pub const GRACE: Duration = Duration::from_millis(400);
 
@@ -46,7 +51,7 @@ impl Service<Request<Incoming>> for Observed {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let _ = self.entered.send(request.uri().to_string());
-        self.app.call(request)
+        tower::Service::call(&mut self.app.clone(), request)
     }
 }
 
@@ -74,24 +79,22 @@ impl TestServer {
         let socket = socket.try_clone().expect("clone the listening socket");
         socket.set_nonblocking(true).unwrap();
         let addr = socket.local_addr().unwrap();
-        let listener = Listener {
-            socket: StdListener::Tcp(socket),
-            passed: None,
-        };
+        let listener = Listener::from(socket);
         let settings = Settings::resolve(&ServeArgs::default(), &FileSettings::default()).unwrap();
-        let (_, settings_rx) = watch::channel(settings);
         let (timeouts_tx, timeouts_rx) = watch::channel(timeouts());
         let (trigger, drain) = drain::channel();
         let (entered_tx, entered) = mpsc::unbounded_channel();
-        let app = Observed {
-            app: App::new(ServiceContext {
-                drain: drain.clone(),
-                settings: settings_rx,
+        let app = HyperService(Observed {
+            app: App::new(handover::internals::context(
+                "app",
+                drain.clone(),
+                settings,
+                AppSettings::default(),
                 // A path that never exists: always in rotation.
-                rotation: Arc::new(Rotation::new("/nonexistent/out-of-rotation")),
-            }),
+                std::path::Path::new("/nonexistent/out-of-rotation"),
+            )),
             entered: entered_tx,
-        };
+        });
         let server = Server::start(vec![listener], app, trigger, timeouts_rx, limits).unwrap();
         let fds = Arc::new(AtomicUsize::new(0));
         let (shutdown, mut stop) = oneshot::channel::<()>();

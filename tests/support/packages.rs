@@ -82,19 +82,23 @@ fn build_all() -> Result<Packages, String> {
 
     let broken_version = bump(&version, 1)?;
     let tree = copy_tree(&root.join("tree-broken"), &broken_version)?;
-    let main = tree.join("src/main.rs");
-    let source = std::fs::read_to_string(&main).map_err(|e| e.to_string())?;
-    let serve = "fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {";
-    if !source.contains(serve) {
-        return Err(format!("src/main.rs has no `{serve}` to break"));
+    // Broken where serving starts (its own settings never validate), so
+    // the release's `app rollout` still runs and its instances fail.
+    let routes = tree.join("src/bin/app/routes.rs");
+    let source = std::fs::read_to_string(&routes).map_err(|e| e.to_string())?;
+    let validate = "fn validate(&self) -> Result<(), String> {";
+    if !source.contains(validate) {
+        return Err(format!(
+            "src/bin/app/routes.rs has no `{validate}` to break"
+        ));
     }
     let broken_source = source.replace(
-        serve,
+        validate,
         &format!(
-            "{serve}\n    anyhow::bail!(\"this release is broken on purpose (package tests)\");"
+            "{validate}\n        #[allow(unreachable_code)]\n        return Err(\"this release is broken on purpose (package tests)\".into());"
         ),
     );
-    std::fs::write(&main, broken_source).map_err(|e| e.to_string())?;
+    std::fs::write(&routes, broken_source).map_err(|e| e.to_string())?;
     let broken = build(&tree, &target, &root.join("out/broken"), &broken_version)?;
 
     let next_version = bump(&version, 2)?;
@@ -136,10 +140,15 @@ fn copy_tree(dest: &Path, version: &str) -> Result<PathBuf, String> {
         "Cargo.toml",
         "Cargo.lock",
         "README.md",
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
+        "docs",
         "src",
         "systemd",
         "packaging",
         "benches",
+        // A workspace member: cargo wants it present.
+        "examples",
     ];
     let status = Command::new("cp")
         .arg("-a")
@@ -212,13 +221,21 @@ pub fn boot_with_packages(
     std::net::SocketAddr,
     Vec<String>,
 ) {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", super::process::free_port())
-        .parse()
-        .unwrap();
-    let install = super::systemd::Install::nothing().file(
-        "/etc/systemd/system/app.socket.d/listen.conf",
-        &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
-    );
+    boot_service_with_packages("app", files)
+}
+
+/// As [`boot_with_packages`], for the service `name`: the drop-in is for
+/// `NAME.socket` (/etc/systemd/system/NAME.socket.d/listen.conf).
+pub fn boot_service_with_packages(
+    name: &str,
+    files: &[&Path],
+) -> (
+    std::sync::Arc<super::systemd::SystemdBox>,
+    std::net::SocketAddr,
+    Vec<String>,
+) {
+    let (install, addr) =
+        super::systemd::listen_on_free_port(name, super::systemd::Install::nothing());
     let sd = super::systemd::SystemdBox::boot(install);
     let inside = files
         .iter()
@@ -229,4 +246,106 @@ pub fn boot_with_packages(
         })
         .collect();
     (std::sync::Arc::new(sd), addr, inside)
+}
+
+/// The consumer's `.deb` (examples/orders), built twice: as its Cargo.toml
+/// says, and again at a higher Debian version, for an upgrade.
+pub struct ConsumerDebs {
+    /// The package (and service) name.
+    pub name: &'static str,
+    /// `cargo deb -p orders`: version 0.1.0-1.
+    pub first: ConsumerDeb,
+    /// The same build at a higher version (`--deb-version`): installing it
+    /// over the first is an upgrade.
+    pub second: ConsumerDeb,
+}
+
+pub struct ConsumerDeb {
+    /// The Debian version, revision included (`dpkg-query -W` shows it).
+    pub version: String,
+    pub deb: PathBuf,
+}
+
+/// What the consumer's `.deb` needs: cargo-deb, and dpkg-deb (which it runs).
+fn missing_deb_tool() -> Option<String> {
+    let checks: [(&str, &[&str]); 2] = [
+        ("cargo-deb", &["cargo", "deb", "--version"]),
+        ("dpkg-deb", &["dpkg-deb", "--version"]),
+    ];
+    checks.into_iter().find_map(|(name, argv)| {
+        let ok = Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        (!ok).then(|| format!("{name} is not installed (.ci/run installs it)"))
+    })
+}
+
+/// The consumer's packages, building them on first use, in the same target
+/// directory as the app's (so the dependencies build once); `None` (after
+/// the CI-aware skip message) when cargo-deb or dpkg-deb is missing. A build
+/// failure fails the test.
+pub fn consumer_debs(test: &str) -> Option<&'static ConsumerDebs> {
+    if let Some(reason) = missing_deb_tool() {
+        super::cannot_run(test, &reason);
+        return None;
+    }
+    static BUILT: OnceLock<Result<ConsumerDebs, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_consumer) {
+        Ok(debs) => Some(debs),
+        Err(err) => panic!("cannot build the consumer's .deb: {err}"),
+    }
+}
+
+fn build_consumer() -> Result<ConsumerDebs, String> {
+    let name = super::consumer::NAME;
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
+    let target = root.join("target");
+    let manifest = super::consumer::crate_dir().join("Cargo.toml");
+    let version = package_version(&std::fs::read_to_string(&manifest).map_err(|e| e.to_string())?)?;
+    let first_version = format!("{version}-1");
+    let second_version = format!("{}-1", bump(&version, 1)?);
+    let deb = |out: &str, extra: &[&str]| -> Result<PathBuf, String> {
+        let out = root.join(out);
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+        let output = Command::new("cargo")
+            .args(["deb", "--package", name])
+            .args(extra)
+            .arg("--output")
+            .arg(&out)
+            .current_dir(MANIFEST_DIR)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .map_err(|e| format!("cargo deb: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "cargo deb --package {name} {extra:?} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        std::fs::read_dir(&out)
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .ok_or_else(|| format!("no .deb in {}", out.display()))
+    };
+    let first = deb("out/orders-first", &[])?;
+    // The same binary, already built: only the package version differs.
+    let second = deb(
+        "out/orders-second",
+        &["--no-build", "--deb-version", &second_version],
+    )?;
+    Ok(ConsumerDebs {
+        name,
+        first: ConsumerDeb {
+            version: first_version,
+            deb: first,
+        },
+        second: ConsumerDeb {
+            version: second_version,
+            deb: second,
+        },
+    })
 }

@@ -1,5 +1,6 @@
 //! The reference app's routes: what `app` serves, and an example of a service
-//! built on the kit (it uses the drain watch for `/readyz` and `/events`).
+//! built on the kit (it uses the drain watch for `/readyz` and `/events`, and
+//! has a setting of its own, `slow_max`, in the settings file's `[app]`).
 //!
 //! | route | answer |
 //! |---|---|
@@ -7,7 +8,7 @@
 //! | `/healthz` | 200 while the process is alive |
 //! | `/readyz` | 200 while serving; 503 once draining, or while the host is out of rotation (`app rotation out`) |
 //! | `/version` | JSON: crate version, instance name, pid |
-//! | `/slow?ms=N` | answers after N ms, capped at `slow_max` |
+//! | `/slow?ms=N` | answers after N ms, capped at `[app] slow_max` |
 //! | `/events` | server-sent events, one a second, ending when the drain starts |
 //! | `POST /echo` | reads the body (up to `max_body_bytes`, else 413) and says how long it was |
 
@@ -15,20 +16,54 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use handover::{Context, Readiness, ServiceSettings};
 use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
 use hyper::body::{Body, Frame, Incoming};
-use hyper::service::Service;
 use hyper::{Request, Response};
-
-use crate::lifecycle::{Readiness, ServiceContext};
+use serde::{Deserialize, Serialize};
 
 pub type AppBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Longest delay /slow grants by default.
+const DEFAULT_SLOW_MAX: Duration = Duration::from_secs(60);
+/// Anything longer is a typo, not a delay.
+const MAX_SLOW_MAX: Duration = Duration::from_secs(3600);
+
+/// The app's own settings: the `[app]` table of its settings file. Every
+/// key is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AppSettings {
+    /// Longest delay /slow?ms=N grants; longer asks are capped.
+    #[serde(with = "handover::settings::duration")]
+    pub slow_max: Duration,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        Self {
+            slow_max: DEFAULT_SLOW_MAX,
+        }
+    }
+}
+
+impl ServiceSettings for AppSettings {
+    fn validate(&self) -> Result<(), String> {
+        if self.slow_max.is_zero() || self.slow_max > MAX_SLOW_MAX {
+            return Err(format!(
+                "slow_max = {:?}: must be more than zero and at most 1h",
+                humantime::format_duration(self.slow_max).to_string()
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone)]
 pub struct App {
@@ -40,12 +75,12 @@ struct Inner {
     /// The answer to `/`, built once: it is the route load tests hit.
     greeting: Bytes,
     pid: u32,
-    ctx: ServiceContext,
+    ctx: Context<AppSettings>,
 }
 
 impl App {
-    pub fn new(ctx: ServiceContext) -> Self {
-        let instance = ctx.settings.borrow().instance.clone();
+    pub fn new(ctx: Context<AppSettings>) -> Self {
+        let instance = ctx.instance();
         Self {
             inner: Arc::new(Inner {
                 greeting: Bytes::from(format!("hello from instance {instance}\n")),
@@ -80,7 +115,7 @@ impl App {
             },
             "/version" => {
                 let body = serde_json::json!({
-                    "name": env!("CARGO_PKG_NAME"),
+                    "name": inner.ctx.name(),
                     "version": env!("CARGO_PKG_VERSION"),
                     "instance": inner.instance,
                     "pid": inner.pid,
@@ -98,7 +133,7 @@ impl App {
     }
 
     async fn slow(&self, query: Option<&str>) -> Response<AppBody> {
-        let max = self.inner.ctx.settings.borrow().slow_max;
+        let max = self.inner.ctx.settings().slow_max;
         let asked = match parse_ms(query) {
             Ok(ms) => Duration::from_millis(ms),
             Err(reason) => return text(StatusCode::BAD_REQUEST, format!("{reason}\n")),
@@ -116,7 +151,7 @@ impl App {
     /// answered 413 to a larger Content-Length; a chunked body has no length
     /// up front, so the cap applies as it arrives.
     async fn echo(&self, body: Incoming) -> Response<AppBody> {
-        let max = self.inner.ctx.settings.borrow().limits.max_body_bytes;
+        let max = self.inner.ctx.kit_settings().limits.max_body_bytes;
         let max = usize::try_from(max).unwrap_or(usize::MAX);
         match Limited::new(body, max).collect().await {
             Ok(body) => text(
@@ -142,7 +177,7 @@ impl App {
     }
 
     fn events(&self) -> Response<AppBody> {
-        let drain = self.inner.ctx.drain.clone();
+        let drain = self.inner.ctx.drain().clone();
         let body = Events {
             ticks: tokio::time::interval(Duration::from_secs(1)),
             drained: Box::pin(async move {
@@ -160,12 +195,17 @@ impl App {
     }
 }
 
-impl Service<Request<Incoming>> for App {
+/// A tower service, as an axum `Router` is; always ready.
+impl tower::Service<Request<Incoming>> for App {
     type Response = Response<AppBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let app = self.clone();
         Box::pin(async move { Ok(app.route(request).await) })
     }
@@ -217,7 +257,7 @@ impl Body for Events {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.ended {
             return Poll::Ready(None);
