@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod balancer;
+pub mod consumer;
 pub mod fault;
 pub mod inprocess;
 pub mod load;

@@ -62,6 +62,29 @@ pub fn unit_duration(unit: &str, key: &str) -> Duration {
     handover::settings::parse_duration(value).unwrap()
 }
 
+/// A duration a unit file at `path` sets (`KEY=10s`); panics if it does
+/// not set it. For rendered unit sets other than the repository's.
+pub fn unit_file_duration(path: &Path, key: &str) -> Duration {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("{} sets no {key}=", path.display()));
+    handover::settings::parse_duration(value)
+        .unwrap_or_else(|e| panic!("{}: {key}={value}: {e}", path.display()))
+}
+
+/// The unit files `NAME units` renders for the service `name`:
+/// `NAME.socket`, `NAME@.service`, `NAME.target`.
+pub fn unit_names(name: &str) -> [String; 3] {
+    [
+        format!("{name}.socket"),
+        format!("{name}@.service"),
+        format!("{name}.target"),
+    ]
+}
+
 /// A booted systemd in its own namespaces.
 pub struct SystemdBox {
     /// The `unshare` process; its child is the box's PID 1.
@@ -123,6 +146,32 @@ impl Install {
             files: Vec::new(),
             copies: Vec::new(),
         }
+    }
+
+    /// Any service `name` as its rendered files lay it out: the three units
+    /// from `units_dir` (the `systemd/` of `NAME units --out DIR`) in
+    /// /etc/systemd/system, `binary` at /usr/bin/NAME (where the rendered
+    /// `ExecStart=` runs it), and `settings` as /etc/NAME/NAME.toml.
+    pub fn service(name: &str, units_dir: &Path, binary: &Path, settings: &str) -> Self {
+        let mut copies: Vec<(PathBuf, PathBuf)> = unit_names(name)
+            .iter()
+            .map(|u| (Path::new("/etc/systemd/system").join(u), units_dir.join(u)))
+            .collect();
+        copies.push((Path::new("/usr/bin").join(name), binary.to_owned()));
+        Self {
+            files: vec![(
+                PathBuf::from(format!("/etc/{name}/{name}.toml")),
+                settings.as_bytes().to_vec(),
+            )],
+            copies,
+        }
+    }
+
+    /// Everything of `self` and of `other`, in one box.
+    pub fn and(mut self, other: Install) -> Self {
+        self.files.extend(other.files);
+        self.copies.extend(other.copies);
+        self
     }
 
     pub fn file(mut self, path: &str, contents: &str) -> Self {
@@ -192,13 +241,16 @@ impl SystemdBox {
     /// Boots `install` with app.socket moved to a free loopback port by a
     /// drop-in (the README's way of changing the address).
     pub fn boot_on_free_port(install: Install) -> (std::sync::Arc<Self>, std::net::SocketAddr) {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", super::process::free_port())
-            .parse()
-            .unwrap();
-        let install = install.file(
-            "/etc/systemd/system/app.socket.d/listen.conf",
-            &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
-        );
+        Self::boot_service_on_free_port("app", install)
+    }
+
+    /// As [`SystemdBox::boot_on_free_port`], for the service `name`: the
+    /// drop-in moves `NAME.socket`.
+    pub fn boot_service_on_free_port(
+        name: &str,
+        install: Install,
+    ) -> (std::sync::Arc<Self>, std::net::SocketAddr) {
+        let (install, addr) = listen_on_free_port(name, install);
         (std::sync::Arc::new(Self::boot(install)), addr)
     }
 
@@ -301,6 +353,34 @@ impl SystemdBox {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The journal entries `journalctl ARGS` selects (`-t orders` for a
+    /// SYSLOG_IDENTIFIER, `-u UNIT`), each a JSON object as `-o json` gives
+    /// it, in the order journald received them. Everything sent to journald
+    /// before the call is in (`journalctl --sync` waits for it to be written).
+    pub fn journal_entries(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let sync = self.run("journalctl", &["--sync"]);
+        assert!(
+            sync.status.success(),
+            "journalctl --sync: {}",
+            String::from_utf8_lossy(&sync.stderr)
+        );
+        let mut all = vec!["--no-pager", "-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.run("journalctl", &all);
+        assert!(
+            out.status.success(),
+            "journalctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("journalctl -o json: {e}: {l}"))
+            })
+            .collect()
+    }
+
     /// Writes a file inside the box (through /proc/PID/root).
     pub fn write(&self, inside: &str, contents: &str) {
         let path = self.host_path(inside);
@@ -356,6 +436,20 @@ impl Drop for SystemdBox {
             }
         }
     }
+}
+
+/// `install` plus a drop-in moving `NAME.socket` to a free loopback port (the
+/// README's way of changing the address, as `systemctl edit NAME.socket`
+/// writes it); returns the port's address.
+pub fn listen_on_free_port(name: &str, install: Install) -> (Install, std::net::SocketAddr) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", super::process::free_port())
+        .parse()
+        .unwrap();
+    let install = install.file(
+        &format!("/etc/systemd/system/{name}.socket.d/listen.conf"),
+        &format!("[Socket]\nListenStream=\nListenStream={addr}\n"),
+    );
+    (install, addr)
 }
 
 /// The host PID of `parent`'s first child, once it has exec'd systemd.
