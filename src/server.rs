@@ -145,7 +145,12 @@ impl DrainReport {
 
 /// A listener registered with the runtime.
 trait Accept: Send + 'static {
-    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    type Io: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + std::os::fd::AsRawFd
+        + Unpin
+        + Send
+        + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
@@ -188,6 +193,8 @@ impl Server {
             open: Arc::new(AtomicUsize::new(0)),
             limits,
             slots: Arc::new(Slots::new(limits.max_connections)),
+            http: Arc::new(connection::http(&limits)),
+            numbers: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let listening = listeners.iter().map(ToString::to_string).collect();
         let mut accept_loops = Vec::with_capacity(listeners.len());

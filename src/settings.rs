@@ -33,6 +33,14 @@ pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may sit without a request.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Over how long a drain spreads the Close frames of its WebSockets (at
+/// most half the drain deadline, unless set).
+pub const DEFAULT_WEBSOCKET_CLOSE_WINDOW: Duration = Duration::from_secs(1);
+/// The WebSocket close code a drain sends: 1001 Going Away.
+pub const DEFAULT_WEBSOCKET_CLOSE_CODE: u16 = 1001;
+/// The close codes a drain may send (RFC 6455, IANA): 1000 Normal Closure,
+/// 1001 Going Away, 1012 Service Restart, 1013 Try Again Later.
+const WEBSOCKET_CLOSE_CODES: [u16; 4] = [1000, 1001, 1012, 1013];
 /// Per instance. About 20 KiB of memory each when busy (77 MiB at 4,096 in
 /// the benchmarks), and one file descriptor.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -90,6 +98,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
 
+    /// Over how long a drain spreads the Close frames it sends its WebSockets, so siblings do not take every reconnect at once [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub websocket_close_window: Option<Duration>,
+
+    /// The close code a drain sends each WebSocket: 1001 (Going Away), 1012 (Service Restart), 1000 or 1013 [default: 1001]
+    #[arg(long, value_name = "CODE")]
+    pub websocket_close_code: Option<u16>,
+
     /// Connections one instance serves at once; more wait in the socket's queue [default: 4096]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -124,6 +140,9 @@ pub struct FileSettings {
     pub header_read_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub websocket_close_window: Option<Duration>,
+    pub websocket_close_code: Option<u16>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub max_body_bytes: Option<u64>,
@@ -139,6 +158,10 @@ pub struct ConnectionTimeouts {
     pub idle: Duration,
     /// While draining, how long an idle keep-alive connection may still send a request.
     pub idle_grace: Duration,
+    /// Over how long a drain spreads the Close frames of its WebSockets.
+    pub websocket_close_window: Duration,
+    /// The close code a drain sends each WebSocket.
+    pub websocket_close_code: u16,
 }
 
 impl Default for ConnectionTimeouts {
@@ -147,6 +170,8 @@ impl Default for ConnectionTimeouts {
             header_read: DEFAULT_HEADER_READ_TIMEOUT,
             idle: DEFAULT_IDLE_TIMEOUT,
             idle_grace: DEFAULT_IDLE_GRACE,
+            websocket_close_window: DEFAULT_WEBSOCKET_CLOSE_WINDOW,
+            websocket_close_code: DEFAULT_WEBSOCKET_CLOSE_CODE,
         }
     }
 }
@@ -396,6 +421,10 @@ impl<T: ServiceSettings> Loaded<T> {
 impl Settings {
     /// Flags (and environment) over the file over the defaults, then validated.
     pub fn resolve(args: &ServeArgs, file: &FileSettings) -> Result<Self, SettingsError> {
+        let drain_deadline = args
+            .drain_deadline
+            .or(file.drain_deadline)
+            .unwrap_or(DEFAULT_DRAIN_DEADLINE);
         let settings = Settings {
             config: args.config.clone(),
             listen: args.listen.or(file.listen).unwrap_or_else(|| {
@@ -413,10 +442,7 @@ impl Settings {
                 .clone()
                 .or_else(|| file.log_level.clone())
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
-            drain_deadline: args
-                .drain_deadline
-                .or(file.drain_deadline)
-                .unwrap_or(DEFAULT_DRAIN_DEADLINE),
+            drain_deadline,
             timeouts: ConnectionTimeouts {
                 header_read: args
                     .header_read_timeout
@@ -430,6 +456,15 @@ impl Settings {
                     .idle_grace
                     .or(file.idle_grace)
                     .unwrap_or(DEFAULT_IDLE_GRACE),
+                websocket_close_window: args
+                    .websocket_close_window
+                    .or(file.websocket_close_window)
+                    // Unset, it fits any deadline: a short one is no error.
+                    .unwrap_or(DEFAULT_WEBSOCKET_CLOSE_WINDOW.min(drain_deadline / 2)),
+                websocket_close_code: args
+                    .websocket_close_code
+                    .or(file.websocket_close_code)
+                    .unwrap_or(DEFAULT_WEBSOCKET_CLOSE_CODE),
             },
             require_socket: args.require_socket || file.require_socket.unwrap_or(false),
             limits: Limits {
@@ -471,6 +506,20 @@ impl Settings {
             if value > MAX_DURATION {
                 return Err(invalid(name, shown, "must be at most 1h"));
             }
+        }
+        if self.timeouts.websocket_close_window >= self.drain_deadline {
+            return Err(invalid(
+                "websocket_close_window",
+                humantime::format_duration(self.timeouts.websocket_close_window).to_string(),
+                "must be shorter than drain_deadline, or the last WebSockets would be cut instead of closed",
+            ));
+        }
+        if !WEBSOCKET_CLOSE_CODES.contains(&self.timeouts.websocket_close_code) {
+            return Err(invalid(
+                "websocket_close_code",
+                self.timeouts.websocket_close_code.to_string(),
+                "must be 1001 (Going Away), 1012 (Service Restart), 1000 or 1013",
+            ));
         }
         if self.timeouts.idle_grace >= self.drain_deadline {
             return Err(invalid(
@@ -690,6 +739,16 @@ mod tests {
             ("log_level = \"loud=[\"", "log_level", "not a log filter"),
             ("max_connections = 0", "max_connections", "from 1 to"),
             ("max_header_bytes = 100", "max_header_bytes", "from 8192 to"),
+            (
+                "websocket_close_window = \"10s\"",
+                "websocket_close_window",
+                "shorter than drain_deadline",
+            ),
+            (
+                "websocket_close_code = 1006",
+                "websocket_close_code",
+                "1001",
+            ),
         ];
         for (text, name, reason) in cases {
             let err = Settings::resolve(&ServeArgs::default(), &file(text).unwrap()).unwrap_err();

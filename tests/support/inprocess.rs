@@ -33,8 +33,13 @@ pub fn timeouts() -> ConnectionTimeouts {
         header_read: Duration::from_millis(800),
         idle: Duration::from_secs(30),
         idle_grace: GRACE,
+        websocket_close_window: WEBSOCKET_CLOSE_WINDOW,
+        websocket_close_code: 1001,
     }
 }
+
+/// Short enough for tests that wait for every WebSocket's Close.
+pub const WEBSOCKET_CLOSE_WINDOW: Duration = Duration::from_millis(200);
 
 /// The reference app, reporting each request path as it enters, so a test can
 /// wait for "the server has this request" instead of sleeping.
@@ -50,7 +55,12 @@ impl Service<Request<Incoming>> for Observed {
     type Future = Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let _ = self.entered.send(request.uri().to_string());
+        let _ = self.entered.send(
+            request
+                .uri()
+                .path_and_query()
+                .map_or_else(String::new, ToString::to_string),
+        );
         tower::Service::call(&mut self.app.clone(), request)
     }
 }

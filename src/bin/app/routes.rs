@@ -11,6 +11,7 @@
 //! | `/slow?ms=N` | answers after N ms, capped at `[app] slow_max` |
 //! | `/events` | server-sent events, one a second, ending when the drain starts |
 //! | `POST /echo` | reads the body (up to `max_body_bytes`, else 413) and says how long it was |
+//! | `/ws` | a WebSocket echoing every text and binary message; the kit closes it when the drain starts |
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,13 +21,21 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use handover::{Context, Readiness, ServiceSettings};
-use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 pub type AppBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -93,6 +102,12 @@ impl App {
 
     async fn route(&self, request: Request<Incoming>) -> Response<AppBody> {
         tracing::debug!(method = %request.method(), uri = %request.uri(), "request");
+        if request.uri().path() == "/ws" {
+            return match *request.method() {
+                Method::GET => websocket(request),
+                _ => not_allowed("GET"),
+            };
+        }
         if request.uri().path() == "/echo" {
             return match *request.method() {
                 Method::POST => self.echo(request.into_body()).await,
@@ -192,6 +207,72 @@ impl App {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
+    }
+}
+
+/// `/ws`: accepts the WebSocket handshake and echoes every message on the
+/// upgraded connection. It has no drain logic of its own: when the drain
+/// starts, the kit sends the client a Close frame, the client answers, and
+/// the loop below ends as the WebSocket does.
+fn websocket(mut request: Request<Incoming>) -> Response<AppBody> {
+    let upgrade = request
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = request.headers().get(SEC_WEBSOCKET_KEY).filter(|_| upgrade) else {
+        let mut response = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "/ws is a WebSocket: send Upgrade: websocket\n",
+        );
+        response
+            .headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        return response;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(upgraded) => {
+                let socket =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                echo(socket).await;
+            }
+            Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// Sends every text and binary message back; tungstenite answers pings
+/// and the Close handshake itself.
+async fn echo<S>(mut socket: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = socket.next().await {
+        match message {
+            Ok(message) if message.is_text() || message.is_binary() => {
+                if socket.send(message).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::debug!(error = %err, "websocket ended");
+                break;
+            }
+        }
     }
 }
 

@@ -1,0 +1,402 @@
+//! One connection, from accept to a clean close, whatever it speaks:
+//! HTTP/1.1 (and 1.0), HTTP/2 over cleartext (prior knowledge, on the same
+//! socket), and what a `101 Switching Protocols` hands the service (a
+//! WebSocket).
+//!
+//! hyper parses and writes HTTP; this module decides when a connection ends
+//! and ends it, because hyper's own `graceful_shutdown` closes an idle
+//! keep-alive connection at once, which races a client that is sending its
+//! next request at that moment (the reset pm2 and Node cluster reloads show,
+//! hyper#3792), and because an upgraded connection is invisible to hyper's
+//! shutdown. The parts, one idea each:
+//! - [`policy`]: when and how a connection ends, as a pure state machine;
+//! - [`admission`]: the slots, against `max_connections`;
+//! - [`tracking`]: the wrappers that tell the task what happens on the
+//!   connection, and bring its IO home when hyper or the service lets go;
+//! - [`websocket`]: the WebSocket Close frame, between two frames;
+//! - [`linger`]: the lingering close every connection ends with;
+//! - this module: the task that ties them together.
+
+mod admission;
+mod linger;
+mod policy;
+mod tracking;
+mod websocket;
+
+use std::future::{Future, poll_fn};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::drain;
+use crate::settings::{ConnectionTimeouts, Limits};
+
+pub(crate) use admission::{Slot, Slots};
+use linger::{Farewell, linger};
+use policy::{Action, Policy};
+use tracking::{Shared, State, Tracked, Tracking};
+
+/// Any error, as hyper and tower pass them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How soon to try again to send a WebSocket's Close whose socket was full.
+const CLOSE_RETRY: Duration = Duration::from_millis(50);
+
+/// What a connection needs from the server that accepted it.
+#[derive(Clone)]
+pub(crate) struct ConnectionContext {
+    pub drain: drain::Watch,
+    pub timeouts: watch::Receiver<ConnectionTimeouts>,
+    /// Cancelled when the drain deadline passes: stop at once.
+    pub cut: CancellationToken,
+    /// Connections that have not yet started their lingering close; what the
+    /// deadline would cut.
+    pub open: Arc<AtomicUsize>,
+    pub limits: Limits,
+    pub slots: Arc<Slots>,
+    /// HTTP/1 and HTTP/2, configured once for every connection.
+    pub http: Arc<auto::Builder<TokioExecutor>>,
+    /// Numbers connections, for their place in the WebSocket close window.
+    pub numbers: Arc<AtomicU64>,
+}
+
+/// hyper's HTTP/1 and HTTP/2, as every connection uses them.
+pub(crate) fn http(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Our own header and idle timeouts replace hyper's, which would also
+        // bound the keep-alive idle time by the header timeout.
+        .header_read_timeout(None)
+        // A head that does not fit gets 431 from hyper.
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Decrements the open-connection count when the connection stops counting as
+/// one the deadline would cut.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Event<I> {
+    /// hyper is done with the connection.
+    Done(Result<(), BoxError>),
+    /// The service let go of an upgraded connection.
+    Home(Option<I>),
+    Cut,
+    DrainStarted(Instant),
+    Changed,
+    Reloaded(bool),
+    Pressure(bool),
+    Timer,
+}
+
+/// Serves one accepted connection until it is closed.
+pub(crate) async fn serve<I, S, B>(io: I, service: S, ctx: ConnectionContext, slot: Slot)
+where
+    I: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    ctx.open.fetch_add(1, Ordering::Relaxed);
+    let open = Open(ctx.open.clone());
+    let fd = io.as_raw_fd();
+    let (home_tx, home) = oneshot::channel();
+    let shared = Arc::new(Shared::new(State::new(Policy::new(
+        *ctx.timeouts.borrow(),
+        policy::close_slot(ctx.numbers.fetch_add(1, Ordering::Relaxed)),
+    ))));
+    let io = TokioIo::new(Tracked::new(io, shared.clone(), home_tx));
+    let service = Tracking {
+        inner: service,
+        shared: shared.clone(),
+        drain: ctx.drain.clone(),
+        max_body_bytes: ctx.limits.max_body_bytes,
+    };
+    let conn = ctx.http.serve_connection_with_upgrades(io, service);
+    let (farewell, io) = drive(Box::pin(conn), home, &shared, ctx.clone(), fd).await;
+    drop(open);
+    if let Some(io) = io {
+        // A connection whose client never sent a byte has no response to
+        // protect and nothing unread to draw a reset: it closes at once
+        // instead of lingering. An idle flood gives its slots back after the
+        // grace, not the grace and the linger.
+        let farewell = match farewell {
+            Farewell::None if !shared.lock().heard => Farewell::Unused,
+            farewell => farewell,
+        };
+        linger(io, farewell, &ctx.cut).await;
+    }
+    drop(slot);
+}
+
+/// Runs the connection until it is over: hyper serves it, then, after an
+/// upgrade, the service does, while this task carries out the close policy.
+/// Returns how to close it and its IO, once home (`None` when cut, or gone).
+async fn drive<C, I>(
+    conn: Pin<Box<C>>,
+    mut home: oneshot::Receiver<I>,
+    shared: &Shared,
+    mut ctx: ConnectionContext,
+    fd: RawFd,
+) -> (Farewell, Option<I>)
+where
+    C: Future<Output = Result<(), BoxError>> + GracefulShutdown,
+{
+    let mut conn = Some(conn);
+    let mut pressure = ctx.slots.pressure();
+    {
+        let mut state = shared.lock();
+        if let Some(at) = ctx.drain.started_at() {
+            state.policy.drain_started(at);
+        }
+        state.policy.set_pressure(*pressure.borrow_and_update());
+    }
+    let mut drain_seen = ctx.drain.is_draining();
+    let mut reloads_open = true;
+    let mut pressure_open = true;
+    // A WebSocket Close that did not fit in the socket yet.
+    let mut close_retry: Option<u16> = None;
+    // One timer for the connection's life, moved rather than recreated.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut timer_at = None;
+    let control = Arc::new(ControlWake::default());
+    loop {
+        let armed = {
+            let mut state = shared.lock();
+            // Never further ahead than a request head may take: the next
+            // head's deadline then falls after the timer, and starting it
+            // wakes nobody.
+            let now = Instant::now();
+            let check = now + state.policy.timeouts().header_read;
+            let mut armed = state.due().map_or(check, |(at, _)| at.min(check));
+            if close_retry.is_some() {
+                armed = armed.min(now + CLOSE_RETRY);
+            }
+            state.armed = Some(armed);
+            armed
+        };
+        if Some(armed) != timer_at {
+            timer.as_mut().reset(armed.into());
+            timer_at = Some(armed);
+        }
+        let event = {
+            let cut = ctx.cut.cancelled();
+            let draining = ctx.drain.draining();
+            let reloaded = ctx.timeouts.changed();
+            let changed = shared.changed.notified();
+            let pressured = pressure.changed();
+            tokio::pin!(cut, draining, reloaded, changed, pressured);
+            // Poll every control future once, so each has its waker.
+            control.woken.store(true, Ordering::Release);
+            poll_fn(|cx| {
+                control.task.register(cx.waker());
+                match conn.as_mut() {
+                    Some(conn) => {
+                        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                            return Poll::Ready(Event::Done(result));
+                        }
+                    }
+                    None => {
+                        if let Poll::Ready(io) = Pin::new(&mut home).poll(cx) {
+                            return Poll::Ready(Event::Home(io.ok()));
+                        }
+                    }
+                }
+                // The control futures wake `control`, not the task directly,
+                // so the many wake-ups that are only traffic skip them.
+                if !control.woken.swap(false, Ordering::AcqRel) {
+                    return Poll::Pending;
+                }
+                let waker = Waker::from(control.clone());
+                let mut cx = Context::from_waker(&waker);
+                if cut.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Event::Cut);
+                }
+                if !drain_seen && let Poll::Ready(at) = draining.as_mut().poll(&mut cx) {
+                    return Poll::Ready(Event::DrainStarted(at));
+                }
+                if reloads_open && let Poll::Ready(changed) = reloaded.as_mut().poll(&mut cx) {
+                    return Poll::Ready(Event::Reloaded(changed.is_ok()));
+                }
+                if changed.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Event::Changed);
+                }
+                if pressure_open && let Poll::Ready(changed) = pressured.as_mut().poll(&mut cx) {
+                    return Poll::Ready(Event::Pressure(changed.is_ok()));
+                }
+                if timer.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match event {
+            Event::Done(result) => {
+                if let Err(err) = result {
+                    // Clients that vanish or send garbage are routine; hyper
+                    // has already answered what deserved an answer (400, 431).
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                // Dropping hyper's connection drops the IO, which comes home,
+                // unless a service took it with an upgrade.
+                conn = None;
+                match home.try_recv() {
+                    Ok(io) => return (Farewell::None, Some(io)),
+                    Err(oneshot::error::TryRecvError::Closed) => return (Farewell::None, None),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        let websocket = shared.upgraded();
+                        tracing::debug!(websocket, "connection upgraded");
+                    }
+                }
+            }
+            Event::Home(io) => return (Farewell::None, io),
+            Event::Cut => {
+                if conn.is_none() {
+                    // The service holds the upgraded connection: end its
+                    // reads and writes so it lets go. The fd is open: the IO
+                    // comes home here before anyone closes it.
+                    // SAFETY: shutdown on an open socket has no memory effects.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+                return (Farewell::None, None);
+            }
+            Event::DrainStarted(at) => {
+                drain_seen = true;
+                shared.lock().policy.drain_started(at);
+            }
+            Event::Changed => {}
+            Event::Reloaded(open) => {
+                reloads_open = open;
+                let timeouts = *ctx.timeouts.borrow_and_update();
+                shared.lock().policy.set_timeouts(timeouts);
+            }
+            Event::Pressure(open) => {
+                pressure_open = open;
+                let since = *pressure.borrow_and_update();
+                shared.lock().policy.set_pressure(since);
+            }
+            Event::Timer => {
+                timer_at = None;
+                if let Some(code) = close_retry.take()
+                    && !shared.send_close(fd, code)
+                {
+                    close_retry = Some(code);
+                }
+                // The timer was armed for the due time as it stood then;
+                // activity since may have moved it later.
+                let now = Instant::now();
+                let due = {
+                    let mut state = shared.lock();
+                    match state.due() {
+                        Some((at, action)) if at <= now => {
+                            state.policy.taken(action, now);
+                            Some((action, state.policy.timeouts().websocket_close_code))
+                        }
+                        _ => None,
+                    }
+                };
+                let Some((action, code)) = due else {
+                    continue;
+                };
+                tracing::debug!(?action, "closing connection");
+                match action {
+                    Action::GracefulShutdown(_) => {
+                        if let Some(conn) = conn.as_mut() {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                    Action::RequestTimeout | Action::Close(_) => {
+                        // hyper keeps waiting for the rest of a head even
+                        // after graceful_shutdown, and an HTTP/2 client may
+                        // never acknowledge a GOAWAY: take the connection
+                        // back (its IO comes home as hyper drops it).
+                        drop(conn.take());
+                        let farewell = if action == Action::RequestTimeout {
+                            Farewell::RequestTimeout
+                        } else {
+                            Farewell::None
+                        };
+                        return (farewell, home.try_recv().ok());
+                    }
+                    Action::WebSocketClose => {
+                        if !shared.send_close(fd, code) {
+                            close_retry = Some(code);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// hyper's connection, asked to end cleanly.
+trait GracefulShutdown {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulShutdown for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+/// Wakes the connection's task on behalf of its control futures (the cut,
+/// the drain, a reload, an earlier due time, the timer), and says so: the
+/// task then polls them only when one of them, and not traffic, woke it.
+/// Polling five futures on every read and write cost more than the rest of
+/// the kit's per-request work together.
+#[derive(Default)]
+struct ControlWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ControlWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}

@@ -1,0 +1,566 @@
+//! What one connection's task learns from the wrappers around hyper's IO,
+//! the service and the response bodies, all of which share [`Shared`]:
+//! bytes arriving (a request head starting; which protocol), requests in
+//! flight, a response switching protocols, and what a WebSocket's service
+//! writes (so the kit's Close goes between two frames).
+//!
+//! The IO wrapper also gives the IO back: when hyper (or, after an upgrade,
+//! the service) drops it, it goes home to the connection's task through a
+//! channel, so the task closes every connection itself, with a lingering
+//! close, whichever protocol served it.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HeaderValue};
+use http::{StatusCode, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, oneshot};
+
+use super::policy::{Action, Activity, Policy, Protocol};
+use super::websocket::{self, OutgoingFrames};
+use crate::drain;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): how an h2c client with
+/// prior knowledge opens.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Activity shared by the IO wrapper, the service wrapper and the response
+/// bodies of one connection, and its task.
+///
+/// The serving loop sleeps until the connection's next due time, but never
+/// longer than the header timeout, and is woken early only when activity
+/// brings the due time before its timer (the drain's grace, say). A
+/// request head starting, a request in flight, a response finished: none
+/// of them does, so a busy keep-alive connection costs one timer check per
+/// header timeout instead of several wake-ups per request.
+pub(super) struct Shared {
+    state: Mutex<State>,
+    pub changed: Notify,
+    /// Set once the connection is upgraded: writes then go through `ws`.
+    upgraded: AtomicBool,
+    ws: Mutex<WsOut>,
+}
+
+pub(super) struct State {
+    pub activity: Activity,
+    pub policy: Policy,
+    /// When the loop's timer fires; `None` when it armed none.
+    pub armed: Option<Instant>,
+    /// Whether the client has sent anything at all.
+    pub heard: bool,
+    /// Bytes of the HTTP/2 preface seen so far, while the protocol is unknown.
+    sniffed: usize,
+    /// The last response was `101` to a WebSocket request.
+    websocket_accepted: bool,
+}
+
+impl State {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            activity: Activity {
+                in_flight: 0,
+                idle_since: Instant::now(),
+                head_started: None,
+            },
+            policy,
+            armed: None,
+            heard: false,
+            sniffed: 0,
+            websocket_accepted: false,
+        }
+    }
+
+    pub fn due(&self) -> Option<(Instant, Action)> {
+        self.policy.due(&self.activity)
+    }
+
+    /// Whether the next action is now due before the loop's timer would fire.
+    fn needs_wake(&self) -> bool {
+        match (self.due(), self.armed) {
+            (Some((at, _)), Some(armed)) => at < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Notes the first bytes of a connection: the HTTP/2 preface, or not.
+    fn sniff(&mut self, bytes: &[u8]) {
+        let want = &H2_PREFACE[self.sniffed..];
+        let n = bytes.len().min(want.len());
+        if bytes[..n] != want[..n] {
+            self.policy.set_protocol(Protocol::Http1);
+            return;
+        }
+        self.sniffed += n;
+        if self.sniffed == H2_PREFACE.len() {
+            self.policy.set_protocol(Protocol::Http2);
+            self.activity.head_started = None;
+        }
+    }
+}
+
+/// What the kit does to the bytes a WebSocket's service writes.
+#[derive(Debug, Default)]
+enum WsState {
+    /// They pass; the kit's Close, once wanted, goes at the next boundary.
+    #[default]
+    Passing,
+    /// The kit's Close is being written: this much of it so far.
+    Closing { written: usize },
+    /// The kit's Close is out: what the service writes now is dropped.
+    Closed,
+    /// The service sent its own Close: the kit sends none.
+    ServiceClosed,
+}
+
+#[derive(Debug, Default)]
+struct WsOut {
+    frames: OutgoingFrames,
+    state: WsState,
+    /// The kit's Close frame, once the drain wants it sent.
+    close: Option<[u8; 4]>,
+}
+
+impl WsOut {
+    /// Moves to writing the Close if it is wanted and a frame just ended.
+    fn start_close_at_boundary(&mut self) {
+        if matches!(self.state, WsState::Passing)
+            && self.close.is_some()
+            && self.frames.at_boundary()
+        {
+            self.state = WsState::Closing { written: 0 };
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(state: State) -> Self {
+        Self {
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            upgraded: AtomicBool::new(false),
+            ws: Mutex::new(WsOut::default()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock guards plain data and no code panics while holding it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ws(&self) -> MutexGuard<'_, WsOut> {
+        self.ws.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection now belongs to the service that took the upgrade.
+    /// Returns whether it is a WebSocket.
+    pub fn upgraded(&self) -> bool {
+        let websocket = {
+            let mut state = self.lock();
+            let websocket = state.websocket_accepted;
+            state.policy.set_protocol(Protocol::Upgraded { websocket });
+            websocket
+        };
+        self.upgraded.store(websocket, Ordering::Release);
+        websocket
+    }
+
+    /// Sends the kit's Close with `code` to a WebSocket, from the
+    /// connection's task: now if the service is between frames (with a
+    /// non-blocking `send` on the socket, under the lock its own writes
+    /// take), else at its next frame boundary. Returns whether the Close is
+    /// fully out, or not owed (the service closed first); if not, call again.
+    pub fn send_close(&self, fd: RawFd, code: u16) -> bool {
+        let mut ws = self.ws();
+        ws.close.get_or_insert(websocket::close_frame(code));
+        ws.start_close_at_boundary();
+        let WsState::Closing { written } = ws.state else {
+            return matches!(ws.state, WsState::Closed | WsState::ServiceClosed);
+        };
+        let frame = ws.close.expect("set above");
+        let rest = &frame[written..];
+        // SAFETY: `fd` is the connection's socket, open while the service
+        // holds the IO (it comes home to this task before it is closed);
+        // send only reads `rest`.
+        let sent = unsafe {
+            libc::send(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if let Ok(sent) = usize::try_from(sent) {
+            let written = written + sent;
+            ws.state = if written == frame.len() {
+                WsState::Closed
+            } else {
+                WsState::Closing { written }
+            };
+        }
+        matches!(ws.state, WsState::Closed)
+    }
+
+    /// A request started: it and a head starting never bring the next
+    /// action before the loop's timer, so they skip the check `update` makes.
+    pub fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
+        {
+            let mut state = self.lock();
+            state.activity.in_flight += 1;
+            state.activity.head_started = None;
+            if version == Version::HTTP_2 {
+                state.policy.set_protocol(Protocol::Http2);
+            }
+        }
+        InFlight(self.clone())
+    }
+
+    fn bytes_arrived(&self, bytes: &[u8]) {
+        let mut state = self.lock();
+        state.heard = true;
+        if state.policy.protocol() == Protocol::Unknown {
+            state.sniff(bytes);
+        }
+        let http1 = matches!(state.policy.protocol(), Protocol::Unknown | Protocol::Http1);
+        if http1 && state.activity.in_flight == 0 && state.activity.head_started.is_none() {
+            state.activity.head_started = Some(Instant::now());
+        }
+    }
+}
+
+/// Held by a response body until hyper has written (or dropped) it.
+pub(super) struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.activity.in_flight -= 1;
+        if state.activity.in_flight == 0 {
+            state.activity.idle_since = Instant::now();
+        }
+        let wake = state.needs_wake();
+        drop(state);
+        if wake {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// The IO object: notes bytes arriving, watches what a WebSocket's service
+/// writes, and goes home to the connection's task when dropped.
+pub(super) struct Tracked<I> {
+    inner: Option<I>,
+    shared: Arc<Shared>,
+    home: Option<oneshot::Sender<I>>,
+}
+
+impl<I> Tracked<I> {
+    pub fn new(inner: I, shared: Arc<Shared>, home: oneshot::Sender<I>) -> Self {
+        Self {
+            inner: Some(inner),
+            shared,
+            home: Some(home),
+        }
+    }
+
+    fn io(&mut self) -> &mut I {
+        self.inner.as_mut().expect("the IO is here until dropped")
+    }
+}
+
+impl<I> Drop for Tracked<I> {
+    fn drop(&mut self) {
+        if let (Some(io), Some(home)) = (self.inner.take(), self.home.take()) {
+            // The task may be gone (cut at the deadline): then it closes here.
+            let _ = home.send(io);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(self.io()).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && !self.shared.upgraded.load(Ordering::Relaxed)
+        {
+            self.shared.bytes_arrived(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Tracked<I> {
+    /// A write of a WebSocket's service: see [`WsState`].
+    fn poll_write_websocket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let shared = self.shared.clone();
+        let mut ws = shared.ws();
+        loop {
+            ws.start_close_at_boundary();
+            match ws.state {
+                WsState::Closing { written } => {
+                    let frame = ws.close.expect("a Close is being written");
+                    let n = ready!(Pin::new(self.io()).poll_write(cx, &frame[written..]))?;
+                    let written = written + n;
+                    ws.state = if written == frame.len() {
+                        WsState::Closed
+                    } else {
+                        WsState::Closing { written }
+                    };
+                }
+                WsState::Closed => return Poll::Ready(Ok(buf.len())),
+                WsState::Passing | WsState::ServiceClosed => {
+                    let n = ready!(Pin::new(self.io()).poll_write(cx, buf))?;
+                    ws.frames.feed(&buf[..n]);
+                    if ws.frames.service_closed() {
+                        ws.state = WsState::ServiceClosed;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.shared.upgraded.load(Ordering::Relaxed) {
+            return self.poll_write_websocket(cx, buf);
+        }
+        Pin::new(self.io()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.shared.upgraded.load(Ordering::Relaxed) {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.poll_write_websocket(cx, first);
+        }
+        Pin::new(self.io()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(I::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.io()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.io()).poll_shutdown(cx)
+    }
+}
+
+/// The service, counting requests in flight, noting a WebSocket accepted,
+/// and making HTTP/1 responses produced while draining close the connection.
+#[derive(Clone)]
+pub(super) struct Tracking<S> {
+    pub inner: S,
+    pub shared: Arc<Shared>,
+    pub drain: drain::Watch,
+    pub max_body_bytes: u64,
+}
+
+type TrackedFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, E>> + Send>>;
+
+impl<S, B> Service<Request<Incoming>> for Tracking<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<B, S::Error>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let version = request.version();
+        let in_flight = self.shared.request_started(version);
+        // hyper's size hint is the Content-Length, exactly; a chunked body
+        // hints 0 and is the service's to cap as it reads.
+        let declared = request.body().size_hint().lower();
+        if declared > self.max_body_bytes {
+            let response = too_large(self.max_body_bytes, version, in_flight);
+            return Box::pin(async move { Ok(response) });
+        }
+        let websocket = websocket::is_websocket_upgrade(request.headers());
+        let drain = self.drain.clone();
+        let shared = self.shared.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let (mut parts, body) = response.await?.into_parts();
+            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                shared.lock().websocket_accepted = websocket;
+            } else if drain.is_draining() && version < Version::HTTP_2 {
+                close_after(&mut parts, version);
+            }
+            Ok(Response::from_parts(
+                parts,
+                TrackedBody {
+                    inner: Either::App { body },
+                    _in_flight: in_flight,
+                },
+            ))
+        })
+    }
+}
+
+/// Makes an HTTP/1 response the last on its connection: `Connection: close`
+/// and nothing else. An HTTP/1.0 response says so as HTTP/1.0, or hyper
+/// would add its own `keep-alive` beside ours for a client that asked for it.
+fn close_after(parts: &mut http::response::Parts, request_version: Version) {
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    if request_version == Version::HTTP_10 {
+        parts.version = Version::HTTP_10;
+    }
+}
+
+/// 413, without calling the service. The body is never read (nor is a
+/// `100 Continue` sent), so an HTTP/1 connection closes after it.
+fn too_large<B>(max: u64, version: Version, in_flight: InFlight) -> Response<TrackedBody<B>> {
+    let text = format!("request body larger than {max} bytes\n");
+    let (mut parts, body) = Response::new(TrackedBody {
+        inner: Either::Kit {
+            bytes: Some(Bytes::from(text)),
+        },
+        _in_flight: in_flight,
+    })
+    .into_parts();
+    parts.status = StatusCode::PAYLOAD_TOO_LARGE;
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if version < Version::HTTP_2 {
+        close_after(&mut parts, version);
+    }
+    Response::from_parts(parts, body)
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until
+    /// hyper is done with it.
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        inner: Either<B>,
+        _in_flight: InFlight,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's body, or one the kit answered with itself.
+    #[project = EitherProj]
+    enum Either<B> {
+        App { #[pin] body: B },
+        Kit { bytes: Option<Bytes> },
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for TrackedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().inner.project() {
+            EitherProj::App { body } => body.poll_frame(cx),
+            EitherProj::Kit { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Either::App { body } => body.is_end_stream(),
+            Either::Kit { bytes } => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Either::App { body } => body.size_hint(),
+            Either::Kit { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::ConnectionTimeouts;
+
+    fn state() -> State {
+        State::new(Policy::new(ConnectionTimeouts::default(), 0.0))
+    }
+
+    #[test]
+    fn the_preface_makes_it_http2_and_anything_else_http1() {
+        let mut s = state();
+        s.sniff(b"PRI * HTTP/2.0\r\n");
+        assert_eq!(s.policy.protocol(), Protocol::Unknown, "not decided yet");
+        s.sniff(b"\r\nSM\r\n\r\n\x00\x00");
+        assert_eq!(s.policy.protocol(), Protocol::Http2);
+
+        let mut s = state();
+        s.sniff(b"GET / HTTP/1.1\r\n");
+        assert_eq!(s.policy.protocol(), Protocol::Http1);
+        let mut s = state();
+        s.sniff(b"P");
+        s.sniff(b"OST /echo HTTP/1.1\r\n");
+        assert_eq!(s.policy.protocol(), Protocol::Http1);
+    }
+
+    #[test]
+    fn a_response_during_the_drain_closes_and_says_so_in_its_clients_version() {
+        for (version, expect) in [
+            (Version::HTTP_11, Version::HTTP_11),
+            (Version::HTTP_10, Version::HTTP_10),
+        ] {
+            let (mut parts, ()) = Response::new(()).into_parts();
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+            close_after(&mut parts, version);
+            assert_eq!(parts.version, expect);
+            let values: Vec<_> = parts.headers.get_all(CONNECTION).iter().collect();
+            assert_eq!(values, ["close"]);
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Every kind of connection drains, in process: WebSockets (closed by the
+//! kit with the configured code, cut at the deadline when the client never
+//! answers), HTTP/2 over cleartext (the graceful GOAWAY), and HTTP/1.0
+//! keep-alive. The reference app served on 127.0.0.1:0, ended by the test.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use handover::settings::ConnectionTimeouts;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use support::inprocess::{TestServer, WEBSOCKET_CLOSE_WINDOW, timeouts};
+use support::raw::{End, RawConn};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn websocket(addr: std::net::SocketAddr) -> Socket {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (socket, response) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("the WebSocket handshake");
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+async fn echo(socket: &mut Socket, text: &str) {
+    socket.send(Message::text(text)).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .expect("an echo")
+        .expect("the socket is open")
+        .expect("a message");
+    assert_eq!(answer, Message::text(text));
+}
+
+/// Reads until the server's Close frame; returns its code. tungstenite
+/// answers it; the socket then ends, and the TCP connection after it.
+async fn close_code(socket: &mut Socket) -> CloseCode {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a Close from the server");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code,
+            Some(Ok(Message::Close(None))) => panic!("a Close without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => panic!("the WebSocket failed instead of closing: {err}"),
+            None => panic!("the WebSocket ended without a Close"),
+        }
+    }
+}
+
+/// After the Close handshake the WebSocket ends cleanly, and so does TCP:
+/// a FIN, never a reset.
+async fn ends_cleanly(mut socket: Socket) {
+    let rest = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("the WebSocket ends");
+    assert!(
+        matches!(
+            rest,
+            None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))
+        ),
+        "{rest:?}"
+    );
+    let MaybeTlsStream::Plain(tcp) = socket.get_mut() else {
+        unreachable!()
+    };
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte))
+        .await
+        .expect("the server closes TCP");
+    assert_eq!(read.unwrap(), 0, "EOF, not data or a reset");
+}
+
+#[tokio::test]
+async fn a_websocket_echoes_and_is_closed_with_going_away_when_the_drain_starts() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let mut socket = websocket(server.addr).await;
+        echo(&mut socket, &format!("hello {i}")).await;
+        sockets.push(socket);
+    }
+    let started = server.begin_drain().await;
+    for socket in &mut sockets {
+        assert_eq!(close_code(socket).await, CloseCode::Away);
+    }
+    assert!(
+        started.elapsed() < WEBSOCKET_CLOSE_WINDOW + Duration::from_secs(2),
+        "every Close within the window"
+    );
+    for socket in sockets {
+        ends_cleanly(socket).await;
+    }
+    let report = server.report().await;
+    assert_eq!(report.connections_at_start, 3, "upgraded connections count");
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
+}
+
+#[tokio::test]
+async fn the_close_code_is_a_setting() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut socket = websocket(server.addr).await;
+    echo(&mut socket, "before").await;
+    server
+        .timeouts
+        .send(ConnectionTimeouts {
+            websocket_close_code: 1012,
+            ..timeouts()
+        })
+        .unwrap();
+    server.begin_drain().await;
+    assert_eq!(close_code(&mut socket).await, CloseCode::Restart);
+    ends_cleanly(socket).await;
+    assert!(server.report().await.is_clean());
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_never_answers_the_close_is_cut_at_the_deadline() {
+    let deadline = Duration::from_millis(1500);
+    let (mut server, _socket) = TestServer::start(deadline);
+    // The handshake by hand; then the client reads nothing and answers nothing.
+    let mut raw = RawConn::connect(server.addr).await.unwrap();
+    raw.send(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = raw.head().await.unwrap();
+    assert_eq!(head.status, 101);
+    let started = server.begin_drain().await;
+    let report = server.report().await;
+    assert_eq!(report.connections_at_start, 1);
+    assert_eq!(report.cut, 1, "{report:?}");
+    assert!(
+        started.elapsed() >= deadline,
+        "cut at the deadline, not before"
+    );
+    // What it got: the Close frame (1001), then the end.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.stream.read_to_end(&mut rest)).await;
+    assert!(rest.starts_with(&[0x88, 0x02, 0x03, 0xe9]), "{rest:?}");
+}
+
+#[tokio::test]
+async fn a_service_writing_when_the_drain_starts_gets_the_close_between_frames() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut socket = websocket(server.addr).await;
+    // Keep echoes in flight while the drain starts: every message that comes
+    // back is whole (tungstenite would fail on a frame cut by a Close).
+    let big = "x".repeat(200_000);
+    for _ in 0..5 {
+        socket.send(Message::text(big.clone())).await.unwrap();
+    }
+    server.begin_drain().await;
+    let mut echoed = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server answers")
+        {
+            Some(Ok(Message::Text(text))) => {
+                assert_eq!(text.len(), big.len());
+                echoed += 1;
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+            other => panic!("{other:?} after {echoed} echoes"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Away));
+    ends_cleanly(socket).await;
+    assert!(server.report().await.is_clean());
+}
+
+#[tokio::test]
+async fn an_http2_stream_in_flight_completes_and_the_client_is_sent_away() {
+    let (mut server, socket) = TestServer::start(Duration::from_secs(10));
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let addr = server.addr;
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://{addr}{path}"))
+            .body(Empty::new())
+            .unwrap()
+    };
+    let first = sender.send_request(get("/")).await.unwrap();
+    assert_eq!(first.version(), http::Version::HTTP_2);
+    assert_eq!(first.status(), 200);
+
+    let slow = tokio::spawn(sender.send_request(get("/slow?ms=700")));
+    server.wait_entered("/slow?ms=700").await;
+    // A sibling on the same socket, for the client's next connection.
+    let sibling = TestServer::on(&socket, Duration::from_secs(10));
+    server.begin_drain().await;
+    let response = slow.await.unwrap().expect("the stream in flight completes");
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"slept 700 ms\n");
+    // GOAWAY: the connection takes no new stream and ends.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the connection ends after the GOAWAY")
+        .unwrap()
+        .expect("cleanly");
+    assert!(sender.send_request(get("/")).await.is_err());
+    // The next connection lands on the sibling.
+    let tcp = TcpStream::connect(sibling.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(sender.send_request(get("/")).await.unwrap().status(), 200);
+    let report = server.report().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.connections_at_start, 1);
+}
+
+#[tokio::test]
+async fn http2_and_http1_share_the_socket() {
+    let (server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut raw = RawConn::connect(server.addr).await.unwrap();
+    let response = raw.get("/").await.unwrap();
+    assert_eq!(response.status, 200);
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::get(format!("http://{}/", server.addr))
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn an_http10_keep_alive_request_during_the_drain_is_told_only_close() {
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
+    let mut conn = RawConn::connect(server.addr).await.unwrap();
+    conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let before = conn.response().await.unwrap();
+    assert_eq!(
+        before.header("connection"),
+        Some("keep-alive"),
+        "kept alive before"
+    );
+
+    server.begin_drain().await;
+    conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let during = conn.response().await.unwrap();
+    assert_eq!(during.status, 200);
+    let values: Vec<&str> = during
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(values, ["close"], "only close, no keep-alive beside it");
+    assert_eq!(conn.end().await.unwrap(), End::Eof);
+    let started = Instant::now();
+    assert!(server.report().await.is_clean());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
