@@ -7,12 +7,12 @@ use tokio::sync::watch;
 
 use crate::drain;
 use crate::rotation::Rotation;
-use crate::settings::Settings;
+use crate::settings::{NoSettings, Settings};
 
 /// Handed to the function that builds the service. Cheap to clone: keep it
 /// in the service's state and ask it for the current settings per request.
 #[derive(Debug)]
-pub struct Context<T> {
+pub struct Context<T = NoSettings> {
     name: &'static str,
     drain: drain::Watch,
     kit: watch::Receiver<Arc<Settings>>,

@@ -486,3 +486,40 @@ async fn orders_deb_installs_upgrades_as_a_rolling_restart_and_purges() {
         started.elapsed()
     );
 }
+
+/// axum's own WebSocket, under the kit, in the consumer's binary: it
+/// upgrades, echoes, and when the process drains (SIGTERM) the client gets
+/// the kit's Close (1001) and a clean end, and the process exits 0.
+#[tokio::test]
+async fn an_axum_websocket_is_served_and_closed_by_the_drain() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let binary = orders_binary().to_str().unwrap().to_owned();
+    let port = support::process::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut orders = support::process::Process::spawn(&binary, &["--listen", &listen], &[]);
+    orders.wait_for_line(&["ready"]);
+    let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{listen}/updates"))
+        .await
+        .expect("the WebSocket handshake");
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("order 7 paid")).await.unwrap();
+    let echo = socket.next().await.unwrap().unwrap();
+    assert_eq!(echo, Message::text("order 7 paid"));
+
+    orders.signal(libc::SIGTERM);
+    let close = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("a Close from the drain");
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("not a Close with a code: {other:?}"),
+    }
+    let rest = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("the WebSocket ends");
+    assert!(rest.is_none(), "{rest:?}");
+    orders.expect_exit(0);
+}

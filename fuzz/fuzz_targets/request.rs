@@ -1,8 +1,9 @@
 //! The request path: any bytes a client sends, over a real socket, through
-//! the kit's connection handling (timeouts, drain tracking, lingering close)
-//! and the reference app's routes. The server answers with HTTP or closes;
-//! it never answers 5xx, never panics, and never keeps a connection open
-//! after its client has gone.
+//! the kit's connection handling (timeouts, drain tracking, lingering close,
+//! HTTP/2 detection, upgrades) and the reference app's routes, /ws included.
+//! The server answers with HTTP/1 or HTTP/2 or closes; it never answers 5xx
+//! (but 505 to a version HTTP/1 does not speak), never panics, and never
+//! keeps a connection open after its client has gone.
 #![no_main]
 
 use std::io::{Read, Write};
@@ -84,6 +85,12 @@ fn harness() -> &'static Harness {
     })
 }
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 fuzz_target!(|data: &[u8]| {
     let harness = harness();
     let _ = &harness.runtime;
@@ -105,20 +112,31 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     drop(client);
-    if !answer.is_empty() {
+    if data.starts_with(H2_PREFACE) {
+        // HTTP/2: the server's first frame is its SETTINGS, on stream 0.
+        if answer.len() >= 9 {
+            assert_eq!(answer[3], 0x4, "HTTP/2 must open with SETTINGS");
+            assert_eq!(&answer[5..9], &[0, 0, 0, 0]);
+        }
+    } else if !answer.is_empty() {
+        // After a 101 the bytes are the upgraded protocol's (WebSocket
+        // frames echoing the input), not HTTP: look only before it.
+        let http = match find(&answer, b"HTTP/1.1 101 ") {
+            Some(at) => &answer[..at + 12],
+            None => &answer[..],
+        };
         // hyper answers an HTTP/1.0 request in kind.
         assert!(
             answer.starts_with(b"HTTP/1.1 ") || answer.starts_with(b"HTTP/1.0 "),
             "not an HTTP response: {:?}",
             String::from_utf8_lossy(&answer[..answer.len().min(200)])
         );
-        for status in answer
-            .windows(10)
+        for status in http
+            .windows(12)
             .filter(|w| w.starts_with(b"HTTP/1.1 ") || w.starts_with(b"HTTP/1.0 "))
         {
-            assert_ne!(
-                status[9],
-                b'5',
+            assert!(
+                status[9] != b'5' || &status[9..12] == b"505",
                 "a 5xx answer to {:?}",
                 String::from_utf8_lossy(data)
             );

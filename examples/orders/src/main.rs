@@ -4,8 +4,10 @@
 
 use std::process::ExitCode;
 
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use handover::{Context, Readiness, Service, ServiceSettings};
@@ -61,9 +63,24 @@ async fn ready(State(ctx): State<Context<OrdersSettings>>) -> StatusCode {
     }
 }
 
+/// Order updates: echoes what the client sends. No drain logic: the kit
+/// sends the Close frame when the drain starts.
+async fn updates(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(|mut socket: WebSocket| async move {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Text(_) | Message::Binary(_))
+                && socket.send(message).await.is_err()
+            {
+                break;
+            }
+        }
+    })
+}
+
 fn routes(ctx: Context<OrdersSettings>) -> Router {
     Router::new()
         .route("/", get(|| async { "orders\n" }))
+        .route("/updates", get(updates))
         .route("/orders/{id}", get(order))
         .route("/readyz", get(ready))
         .with_state(ctx)
