@@ -130,15 +130,17 @@ where
     let open = Open(ctx.open.clone());
     let fd = io.as_raw_fd();
     let (home_tx, home) = oneshot::channel();
-    let shared = Arc::new(Shared::new(State::new(Policy::new(
-        *ctx.timeouts.borrow(),
-        policy::close_slot(ctx.numbers.fetch_add(1, Ordering::Relaxed)),
-    ))));
+    let shared = Arc::new(Shared::new(
+        State::new(Policy::new(
+            *ctx.timeouts.borrow(),
+            policy::close_slot(ctx.numbers.fetch_add(1, Ordering::Relaxed)),
+        )),
+        ctx.drain.clone(),
+    ));
     let io = TokioIo::new(Tracked::new(io, shared.clone(), home_tx));
     let service = Tracking {
         inner: service,
         shared: shared.clone(),
-        drain: ctx.drain.clone(),
         max_body_bytes: ctx.limits.max_body_bytes,
     };
     let conn = ctx.http.serve_connection_with_upgrades(io, service);

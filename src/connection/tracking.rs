@@ -47,6 +47,8 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(super) struct Shared {
     state: Mutex<State>,
     pub changed: Notify,
+    /// Whether the server drains: a response produced then closes HTTP/1.
+    drain: drain::Watch,
     /// Set once the connection is upgraded: writes then go through `ws`.
     upgraded: AtomicBool,
     ws: Mutex<WsOut>,
@@ -145,10 +147,11 @@ impl WsOut {
 }
 
 impl Shared {
-    pub fn new(state: State) -> Self {
+    pub fn new(state: State, drain: drain::Watch) -> Self {
         Self {
             state: Mutex::new(state),
             changed: Notify::new(),
+            drain,
             upgraded: AtomicBool::new(false),
             ws: Mutex::new(WsOut::default()),
         }
@@ -384,26 +387,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 
 /// The service, counting requests in flight, noting a WebSocket accepted,
 /// and making HTTP/1 responses produced while draining close the connection.
-#[derive(Clone)]
 pub(super) struct Tracking<S> {
     pub inner: S,
     pub shared: Arc<Shared>,
-    pub drain: drain::Watch,
     pub max_body_bytes: u64,
 }
-
-type TrackedFuture<B, E> =
-    Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, E>> + Send>>;
 
 impl<S, B> Service<Request<Incoming>> for Tracking<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = TrackedFuture<B, S::Error>;
+    type Future = TrackedFuture<S::Future, B>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let version = request.version();
@@ -412,28 +408,69 @@ where
         // hints 0 and is the service's to cap as it reads.
         let declared = request.body().size_hint().lower();
         if declared > self.max_body_bytes {
-            let response = too_large(self.max_body_bytes, version, in_flight);
-            return Box::pin(async move { Ok(response) });
+            return TrackedFuture::Kit {
+                response: Some(too_large(self.max_body_bytes, version, in_flight)),
+            };
         }
-        let websocket = websocket::is_websocket_upgrade(request.headers());
-        let drain = self.drain.clone();
-        let shared = self.shared.clone();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let (mut parts, body) = response.await?.into_parts();
-            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-                shared.lock().websocket_accepted = websocket;
-            } else if drain.is_draining() && version < Version::HTTP_2 {
-                close_after(&mut parts, version);
+        TrackedFuture::Service {
+            websocket: websocket::is_websocket_upgrade(request.headers()),
+            inner: self.inner.call(request),
+            in_flight: Some(in_flight),
+            version,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's response, tracked; or the kit's own. A future of its
+    /// own rather than a boxed `async` block: no allocation per request.
+    #[project = TrackedFutureProj]
+    pub(super) enum TrackedFuture<F, B> {
+        Service {
+            #[pin]
+            inner: F,
+            in_flight: Option<InFlight>,
+            version: Version,
+            websocket: bool,
+        },
+        Kit { response: Option<Response<TrackedBody<B>>> },
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TrackedFutureProj::Kit { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
-            Ok(Response::from_parts(
-                parts,
-                TrackedBody {
-                    inner: Either::App { body },
-                    _in_flight: in_flight,
-                },
-            ))
-        })
+            TrackedFutureProj::Service {
+                inner,
+                in_flight,
+                version,
+                websocket,
+            } => {
+                let (mut parts, body) = ready!(inner.poll(cx))?.into_parts();
+                let in_flight = in_flight.take().expect("polled after completion");
+                let shared = &in_flight.0;
+                if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                    shared.lock().websocket_accepted = *websocket;
+                } else if *version < Version::HTTP_2 && shared.drain.is_draining() {
+                    close_after(&mut parts, *version);
+                }
+                Poll::Ready(Ok(Response::from_parts(
+                    parts,
+                    TrackedBody {
+                        inner: Either::App { body },
+                        _in_flight: in_flight,
+                    },
+                )))
+            }
+        }
     }
 }
 
