@@ -6,6 +6,8 @@
 //! decides to drain. Dropping the trigger without pulling it also counts as a
 //! drain, so a watcher can never wait forever on a server that is gone.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -14,24 +16,42 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct Trigger {
     tx: watch::Sender<Option<Instant>>,
+    draining: Arc<AtomicBool>,
 }
 
 /// Sees whether, and since when, the drain has started.
 #[derive(Debug, Clone)]
 pub struct Watch {
     rx: watch::Receiver<Option<Instant>>,
+    /// The same fact as `rx` holds, as one load: every HTTP/1 response asks
+    /// it, and the channel's borrow is a lock.
+    draining: Arc<AtomicBool>,
 }
 
 /// A new trigger and its first watch.
 pub fn channel() -> (Trigger, Watch) {
     let (tx, rx) = watch::channel(None);
-    (Trigger { tx }, Watch { rx })
+    let draining = Arc::new(AtomicBool::new(false));
+    (
+        Trigger {
+            tx,
+            draining: draining.clone(),
+        },
+        Watch { rx, draining },
+    )
+}
+
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        self.draining.store(true, Ordering::Release);
+    }
 }
 
 impl Trigger {
     /// Starts the drain now; later calls keep the first start time.
     pub fn start(&self) -> Instant {
         let now = Instant::now();
+        self.draining.store(true, Ordering::Release);
         self.tx.send_if_modified(|started| {
             if started.is_none() {
                 *started = Some(now);
@@ -47,6 +67,7 @@ impl Trigger {
     pub fn watch(&self) -> Watch {
         Watch {
             rx: self.tx.subscribe(),
+            draining: self.draining.clone(),
         }
     }
 }
@@ -54,7 +75,7 @@ impl Trigger {
 impl Watch {
     /// Whether the drain has started (or the trigger is gone).
     pub fn is_draining(&self) -> bool {
-        self.started_at().is_some() || self.rx.has_changed().is_err()
+        self.draining.load(Ordering::Acquire)
     }
 
     /// When the drain started, if it has.

@@ -136,6 +136,18 @@ impl Policy {
         }
     }
 
+    /// Whether a request ending could bring the next action before the
+    /// loop's check (at most `header_read` ahead): only while shedding (a
+    /// drain, pressure), for an HTTP/2 connection asked to end, or with an
+    /// idle timeout shorter than the header timeout. Otherwise it only moves
+    /// the idle timeout, and further out than the check.
+    pub fn may_hurry(&self) -> bool {
+        self.drain_started.is_some()
+            || self.pressure_since.is_some()
+            || self.shutdown_at.is_some()
+            || self.timeouts.idle < self.timeouts.header_read
+    }
+
     /// What to do next and when, if nothing else happens first. `None`:
     /// nothing is scheduled (a request is in flight, or only the deadline
     /// can end it).
@@ -309,6 +321,22 @@ mod tests {
             draining(http1(), drain).due(&activity(0, idle, None)),
             Some((idle + T.idle, GracefulShutdown(IdleTimeout)))
         );
+    }
+
+    #[test]
+    fn only_shedding_or_a_short_idle_timeout_can_hurry_the_loop() {
+        let now = Instant::now();
+        assert!(!http1().may_hurry());
+        assert!(draining(http1(), now).may_hurry());
+        let mut pressed = http1();
+        pressed.set_pressure(Some(now));
+        assert!(pressed.may_hurry());
+        let mut short = http1();
+        short.set_timeouts(ConnectionTimeouts {
+            idle: Duration::from_secs(1),
+            ..T
+        });
+        assert!(short.may_hurry());
     }
 
     #[test]

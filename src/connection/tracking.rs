@@ -89,6 +89,9 @@ impl State {
 
     /// Whether the next action is now due before the loop's timer would fire.
     fn needs_wake(&self) -> bool {
+        if !self.policy.may_hurry() {
+            return false;
+        }
         match (self.due(), self.armed) {
             (Some((at, _)), Some(armed)) => at < armed,
             (Some(_), None) => true,
@@ -413,7 +416,6 @@ where
             };
         }
         TrackedFuture::Service {
-            websocket: websocket::is_websocket_upgrade(request.headers()),
             inner: self.inner.call(request),
             in_flight: Some(in_flight),
             version,
@@ -431,7 +433,6 @@ pin_project_lite::pin_project! {
             inner: F,
             in_flight: Option<InFlight>,
             version: Version,
-            websocket: bool,
         },
         Kit { response: Option<Response<TrackedBody<B>>> },
     }
@@ -452,13 +453,15 @@ where
                 inner,
                 in_flight,
                 version,
-                websocket,
             } => {
                 let (mut parts, body) = ready!(inner.poll(cx))?.into_parts();
                 let in_flight = in_flight.take().expect("polled after completion");
                 let shared = &in_flight.0;
                 if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-                    shared.lock().websocket_accepted = *websocket;
+                    // The 101 says what the connection becomes: looked at
+                    // here, on the rare upgrade, not on every request.
+                    shared.lock().websocket_accepted =
+                        websocket::is_websocket_upgrade(&parts.headers);
                 } else if *version < Version::HTTP_2 && shared.drain.is_draining() {
                     close_after(&mut parts, *version);
                 }

@@ -87,7 +87,8 @@ pub(crate) fn close_frame(code: u16) -> [u8; 4] {
     [0x88, 0x02, high, low]
 }
 
-/// Whether a request asks to become a WebSocket (`Upgrade: websocket`).
+/// Whether a request asks to become a WebSocket, or a `101` response says
+/// it became one (`Upgrade: websocket`).
 pub(crate) fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(http::header::UPGRADE)

@@ -2,9 +2,7 @@
 //! test-supplied shutdown instead of a signal.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -52,7 +50,7 @@ struct Observed {
 impl Service<Request<Incoming>> for Observed {
     type Response = Response<AppBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>;
+    type Future = <App as tower::Service<Request<Incoming>>>::Future;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let _ = self.entered.send(

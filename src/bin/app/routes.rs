@@ -21,6 +21,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use handover::{Context, Readiness, ServiceSettings};
 use http::header::{
@@ -33,6 +34,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
+use std::future::Ready;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -100,25 +102,26 @@ impl App {
         }
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Response<AppBody> {
+    /// Answers at once, or says which route must wait (`/slow`, `/echo`).
+    fn route(&self, request: Request<Incoming>) -> Result<Response<AppBody>, Waits> {
         tracing::debug!(method = %request.method(), uri = %request.uri(), "request");
         if request.uri().path() == "/ws" {
-            return match *request.method() {
+            return Ok(match *request.method() {
                 Method::GET => websocket(request),
                 _ => not_allowed("GET"),
-            };
+            });
         }
         if request.uri().path() == "/echo" {
             return match *request.method() {
-                Method::POST => self.echo(request.into_body()).await,
-                _ => not_allowed("POST"),
+                Method::POST => Err(Waits::Echo(request.into_body())),
+                _ => Ok(not_allowed("POST")),
             };
         }
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
-            return not_allowed("GET, HEAD");
+            return Ok(not_allowed("GET, HEAD"));
         }
         let inner = &self.inner;
-        match request.uri().path() {
+        Ok(match request.uri().path() {
             "/" => text(StatusCode::OK, inner.greeting.clone()),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => match inner.ctx.readiness() {
@@ -141,9 +144,16 @@ impl App {
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 response
             }
-            "/slow" => self.slow(request.uri().query()).await,
+            "/slow" => return Err(Waits::Slow(request.uri().query().map(str::to_owned))),
             "/events" => self.events(),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        })
+    }
+
+    async fn wait(self, waits: Waits) -> Response<AppBody> {
+        match waits {
+            Waits::Slow(query) => self.slow(query.as_deref()).await,
+            Waits::Echo(body) => self.echo(body).await,
         }
     }
 
@@ -277,18 +287,32 @@ where
 }
 
 /// A tower service, as an axum `Router` is; always ready.
+/// A route that answers later.
+enum Waits {
+    Slow(Option<String>),
+    Echo(Incoming),
+}
+
+type Waiting = Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>;
+
 impl tower::Service<Request<Incoming>> for App {
     type Response = Response<AppBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    /// Most routes answer at once, without a boxed future: the hot path.
+    type Future = Either<Ready<Result<Response<AppBody>, Infallible>>, Waiting>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let app = self.clone();
-        Box::pin(async move { Ok(app.route(request).await) })
+        match self.route(request) {
+            Ok(response) => Either::Left(std::future::ready(Ok(response))),
+            Err(waits) => {
+                let app = self.clone();
+                Either::Right(Box::pin(async move { Ok(app.wait(waits).await) }))
+            }
+        }
     }
 }
 
