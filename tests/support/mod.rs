@@ -4,7 +4,10 @@
 
 pub mod balancer;
 pub mod consumer;
+pub mod drains;
 pub mod fault;
+pub mod http10;
+pub mod http2;
 pub mod inprocess;
 pub mod load;
 pub mod packages;
@@ -12,6 +15,7 @@ pub mod process;
 pub mod raw;
 pub mod service;
 pub mod systemd;
+pub mod wsclients;
 
 /// A test that cannot run here: under CI that is a failure, never a silent
 /// pass; elsewhere it skips with a visible message. Call it and return.
