@@ -18,7 +18,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +76,69 @@ where
     > + Clone
     + Send
     + 'static {
-        TowerToHyperService::new(self)
+        TowerToHyper(self)
+    }
+}
+
+/// A tower service driven as hyper drives its own: cloned per request,
+/// and called at once when it is ready at once (an axum `Router` always
+/// is), without the `Oneshot` state machine that hyper-util's adapter
+/// carries every request through; a service that is not ready yet is
+/// awaited as `Oneshot` would.
+#[derive(Clone)]
+struct TowerToHyper<S>(S);
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for TowerToHyper<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<B>;
+    type Error = BoxError;
+    type Future = TowerCall<S>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let mut service = self.0.clone();
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut noop) {
+            Poll::Ready(Ok(())) => TowerCall::Called {
+                future: service.call(request),
+            },
+            Poll::Ready(Err(err)) => TowerCall::Failed {
+                err: Some(err.into()),
+            },
+            Poll::Pending => TowerCall::Waiting {
+                oneshot: tower::util::Oneshot::new(service, request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of [`TowerToHyper`].
+    #[project = TowerCallProj]
+    enum TowerCall<S: tower::Service<Request<Incoming>>> {
+        Called { #[pin] future: S::Future },
+        Waiting { #[pin] oneshot: tower::util::Oneshot<S, Request<Incoming>> },
+        Failed { err: Option<BoxError> },
+    }
+}
+
+impl<S> Future for TowerCall<S>
+where
+    S: tower::Service<Request<Incoming>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TowerCallProj::Called { future } => future.poll(cx).map_err(Into::into),
+            TowerCallProj::Waiting { oneshot } => oneshot.poll(cx).map_err(Into::into),
+            TowerCallProj::Failed { err } => {
+                Poll::Ready(Err(err.take().expect("polled after completion")))
+            }
+        }
     }
 }
 
