@@ -1,19 +1,28 @@
 //! What the kit costs and what a deploy costs, as figures, a results table
-//! and a plot. Run it with `benches/run`, which installs wrk, builds the
-//! baseline server (`examples/baseline.rs`) and runs `cargo bench --bench
-//! kit`. It is not part of `cargo test`.
+//! and a plot. Run it with `benches/run`, which installs wrk, valgrind and
+//! h2load, builds the baseline server (`examples/baseline.rs`) and runs
+//! `cargo bench --bench kit`. It is not part of `cargo test`.
 //!
-//! In order:
-//! 1. start and size: exec → `READY=1`, RSS once ready (local processes);
-//! 2. steady state: app's `/` against the bare hyper baseline, with wrk at
-//!    64 connections, alternating, three rounds each;
-//! 3. scaling with concurrent connections, 64 to 4,096 (wrk), both servers;
-//! 4. under a booted systemd with the real units: RSS per instance idle and
-//!    under load, the time one rollout of two instances takes with no
-//!    traffic, and scaling with the number of instances (1, 2, 4);
-//! 5. deploys: a fixed-rate load across 10 rollouts: errors, latency during
-//!    the rollouts against steady state, the throughput dip, and a plot of
-//!    latency over time with each rollout marked.
+//! In order, each section named as `cargo bench --bench kit -- NAME` runs it
+//! alone:
+//! 1. `start`, start and size: exec → `READY=1`, RSS once ready (local
+//!    processes);
+//! 2. `steady`: app's `/` against the bare hyper baseline, with wrk at 64
+//!    connections, alternating (ABBA), six rounds;
+//! 3. `callgrind`: instructions per HTTP/1.1 request, app and baseline, each
+//!    under callgrind ([`callgrind`]);
+//! 4. `h2`: `/` over HTTP/2 (h2c), app against the bare hyper h2c server,
+//!    loaded by h2load ([`h2`]);
+//! 5. `connections`: scaling with concurrent connections, 64 to 4,096
+//!    (wrk), both servers;
+//! 6. `websockets`: a drain with 1,000 open WebSockets: RSS per idle
+//!    WebSocket, SIGTERM to the last Close and to exit ([`websockets`]);
+//! 7. `systemd`, under a booted systemd with the real units: RSS per
+//!    instance idle and under load, the time one rollout of two instances
+//!    takes with no traffic, and scaling with the number of instances (1, 2,
+//!    4); then deploys: a fixed-rate load across 10 rollouts: errors, latency
+//!    during the rollouts against steady state, the throughput dip, and a
+//!    plot of latency over time with each rollout marked.
 //!
 //! It writes `benches/results/RESULTS.md` and `benches/results/rollouts.svg`,
 //! and puts the same table into docs/figures.md between its `bench-results`
@@ -22,10 +31,19 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+// The newer sections, a file each; under benches/kit/ so cargo does not take
+// them for bench targets of their own.
+#[path = "kit/callgrind.rs"]
+mod callgrind;
+#[path = "kit/h2.rs"]
+mod h2;
+#[path = "kit/websockets.rs"]
+mod websockets;
+
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,7 +78,15 @@ const BUCKET: Duration = Duration::from_millis(100);
 /// The sections, by the names `cargo bench --bench kit -- NAME...` takes to
 /// run only some of them (then the results, docs/figures.md and the committed
 /// plot are left alone; the plot goes under the target directory).
-const SECTIONS: [&str; 4] = ["start", "steady", "connections", "systemd"];
+const SECTIONS: [&str; 7] = [
+    "start",
+    "steady",
+    "callgrind",
+    "h2",
+    "connections",
+    "websockets",
+    "systemd",
+];
 
 fn main() {
     // cargo bench passes --bench; other arguments name sections to run.
@@ -83,25 +109,56 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let app = PathBuf::from(env!("CARGO_BIN_EXE_app"));
     let baseline = baseline_binary();
-    require_wrk();
+    for (section, program, package) in [
+        ("steady", "wrk", "wrk"),
+        ("connections", "wrk", "wrk"),
+        ("systemd", "wrk", "wrk"),
+        ("callgrind", "valgrind", "valgrind"),
+        ("h2", "h2load", "nghttp2-client"),
+    ] {
+        if runs(section) {
+            require(program, package);
+        }
+    }
 
     let mut report = Report::default();
     if runs("start") {
-        println!("== start and size");
+        heading("start and size");
         startup(&app, &mut report);
     }
     if runs("steady") {
-        println!("== steady state: app against the baseline, wrk -c{STEADY_CONNECTIONS}");
+        heading(&format!(
+            "steady state: app against the baseline, wrk -c{STEADY_CONNECTIONS}"
+        ));
         steady(&app, &baseline, &mut report);
     }
+    if runs("callgrind") {
+        heading("instructions per request under callgrind, HTTP/1.1 keep-alive");
+        report.instructions = callgrind::measure(&app, &baseline);
+    }
+    if runs("h2") {
+        heading(&format!(
+            "HTTP/2 (h2c): app against the baseline, h2load -c{} -m{}",
+            h2::CONNECTIONS,
+            h2::STREAMS
+        ));
+        report.h2 = Some(h2::measure(&app, &baseline));
+    }
     if runs("connections") {
-        println!("== scaling with connections");
+        heading("scaling with connections");
         connections(&app, &baseline, &mut report);
+    }
+    if runs("websockets") {
+        heading(&format!(
+            "a drain with {} open WebSockets",
+            websockets::SOCKETS
+        ));
+        report.websocket_drains = websockets::measure(&app);
     }
     if runs("systemd") {
         match boot_blocker() {
             None => {
-                println!("== under systemd: instances, rollouts");
+                heading("under systemd: instances, rollouts");
                 under_systemd(&mut report, only.is_empty());
             }
             Some(why) => {
@@ -115,6 +172,15 @@ fn main() {
     } else {
         println!("(a partial run: results and docs/figures.md left as they were)");
     }
+}
+
+/// A section's title, with the machine's load average as it starts: the
+/// cores are shared, and a busy machine shows here before it shows in the
+/// figures.
+fn heading(title: &str) {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let one_minute = load.split_whitespace().next().unwrap_or("?");
+    println!("== {title} (load average {one_minute})");
 }
 
 /// The baseline server, built by `benches/run` next to this bench binary.
@@ -134,14 +200,15 @@ fn baseline_binary() -> PathBuf {
     path
 }
 
-fn require_wrk() {
-    let found = Command::new("wrk")
+/// A load tool or profiler a section runs; `benches/run` installs them.
+fn require(program: &str, package: &str) {
+    let found = Command::new(program)
         .arg("--version")
         .output()
         .is_ok_and(|o| !o.stdout.is_empty() || !o.stderr.is_empty());
     assert!(
         found,
-        "wrk is missing: run benches/run, which installs it (apt-get install wrk)"
+        "{program} is missing: run benches/run, which installs it (apt-get install {package})"
     );
 }
 
@@ -174,6 +241,9 @@ struct Report {
     rollout_idle: Vec<Duration>,
     instances: Vec<(u32, Wrk)>,
     deploy: Option<Deploy>,
+    instructions: Vec<callgrind::Figures>,
+    h2: Option<h2::Figures>,
+    websocket_drains: Vec<websockets::Drain>,
     skipped: Option<String>,
 }
 
@@ -257,10 +327,11 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         // The listening socket's state is the event: it accepts once bound.
+        // Under valgrind, start-up takes seconds.
         let started = Instant::now();
         while TcpStream::connect(addr).is_err() {
             assert!(
-                started.elapsed() < Duration::from_secs(10),
+                started.elapsed() < Duration::from_secs(60),
                 "{} did not listen on {addr}",
                 program.display()
             );
@@ -269,30 +340,46 @@ impl Server {
         Self { child, addr }
     }
 
-    fn app(app: &Path) -> Self {
+    /// `app` on a free loopback port, with `extra` arguments.
+    fn app(app: &Path, extra: &[&str]) -> Self {
         let addr = local_addr();
-        Self::start(
-            app,
-            &["--listen", &addr.to_string(), "--log-level", "warn"],
-            addr,
-        )
+        let listen = addr.to_string();
+        let mut args = vec!["--listen", &listen, "--log-level", "warn"];
+        args.extend(extra);
+        Self::start(app, &args, addr)
     }
 
-    fn baseline(baseline: &Path) -> Self {
+    /// The baseline on a free loopback port, with `extra` arguments.
+    fn baseline(baseline: &Path, extra: &[&str]) -> Self {
         let addr = local_addr();
-        Self::start(baseline, &[&addr.to_string()], addr)
+        let listen = addr.to_string();
+        let mut args = extra.to_vec();
+        args.push(&listen);
+        Self::start(baseline, &args, addr)
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGTERM, then its exit.
+    fn stop(&mut self) -> ExitStatus {
+        // SAFETY: signalling our own child, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait()
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        self.child.wait().expect("wait for the server")
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        // Once reaped, its pid may be someone else's: signal only a live child.
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
     }
 }
 
@@ -432,8 +519,8 @@ fn show(name: &str, w: &Wrk) {
 }
 
 fn steady(app: &Path, baseline: &Path, report: &mut Report) {
-    let app = Server::app(app);
-    let base = Server::baseline(baseline);
+    let app = Server::app(app, &[]);
+    let base = Server::baseline(baseline, &[]);
     // Warm both up (connections, allocator, caches) before measuring.
     wrk(base.addr, STEADY_CONNECTIONS, 2);
     wrk(app.addr, STEADY_CONNECTIONS, 2);
@@ -455,11 +542,15 @@ fn steady(app: &Path, baseline: &Path, report: &mut Report) {
             run("baseline");
         }
     }
+    println!(
+        "app / baseline, median of the rounds: {:.3}×",
+        report.steady_ratio()
+    );
 }
 
 fn connections(app_bin: &Path, baseline: &Path, report: &mut Report) {
-    let app = Server::app(app_bin);
-    let base = Server::baseline(baseline);
+    let app = Server::app(app_bin, &[]);
+    let base = Server::baseline(baseline, &[]);
     for connections in CONNECTION_STEPS {
         let b = wrk(base.addr, connections, SCALING_SECONDS);
         show(&format!("base c{connections}"), &b);
@@ -955,6 +1046,19 @@ fn verdict(met: bool) -> &'static str {
 }
 
 impl Report {
+    /// The median of the steady rounds' own ratios: each pair ran back to
+    /// back.
+    fn steady_ratio(&self) -> f64 {
+        median(
+            &self
+                .steady_app
+                .iter()
+                .zip(&self.steady_baseline)
+                .map(|(a, b)| a.requests_per_sec / b.requests_per_sec)
+                .collect::<Vec<_>>(),
+        )
+    }
+
     fn table(&self) -> String {
         let mut t = String::new();
         let _ = writeln!(t, "Measured {}.", machine());
@@ -1000,15 +1104,7 @@ impl Report {
         let p50 = |v: &[Wrk]| median(&v.iter().map(|w| w.p50).collect::<Vec<_>>());
         let (a_rps, b_rps) = (rps(&self.steady_app), rps(&self.steady_baseline));
         let (a_p99, b_p99) = (p99(&self.steady_app), p99(&self.steady_baseline));
-        // The median of the rounds' own ratios: each pair ran back to back.
-        let throughput_ratio = median(
-            &self
-                .steady_app
-                .iter()
-                .zip(&self.steady_baseline)
-                .map(|(a, b)| a.requests_per_sec / b.requests_per_sec)
-                .collect::<Vec<_>>(),
-        );
+        let throughput_ratio = self.steady_ratio();
         let p99_ratio = a_p99.as_secs_f64() / b_p99.as_secs_f64();
         let _ = writeln!(
             t,
@@ -1024,6 +1120,18 @@ impl Report {
             ms(b_p99),
             verdict(p99_ratio <= 1.2)
         );
+        if !self.instructions.is_empty() {
+            let _ = writeln!(t, "{}", callgrind::Figures::row(&self.instructions));
+        }
+        if let Some(h2) = &self.h2 {
+            let _ = writeln!(t, "{}", h2.row());
+        }
+        if let Some(first) = self.websocket_drains.first() {
+            let _ = writeln!(t, "{}", first.rss_row());
+        }
+        for drain in &self.websocket_drains {
+            let _ = writeln!(t, "{}", drain.row());
+        }
         if !self.rollout_idle.is_empty() {
             let _ = writeln!(
                 t,
