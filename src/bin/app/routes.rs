@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use std::future::Ready;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 pub type AppBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -245,9 +245,17 @@ fn websocket(mut request: Request<Incoming>) -> Response<AppBody> {
     tokio::spawn(async move {
         match upgraded.await {
             Ok(upgraded) => {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
+                // tungstenite's default read buffer is 128 KiB per socket,
+                // zeroed on every read: most of an idle socket's memory.
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(0);
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 echo(socket).await;
             }
             Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),
