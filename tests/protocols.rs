@@ -185,17 +185,24 @@ async fn a_service_writing_when_the_drain_starts_gets_the_close_between_frames()
     assert!(server.report().await.is_clean());
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// An HTTP/2 connection with prior knowledge, and the task driving it.
+async fn http2(
+    addr: std::net::SocketAddr,
+) -> (H2Sender, tokio::task::JoinHandle<hyper::Result<()>>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
 #[tokio::test]
 async fn an_http2_stream_in_flight_completes_and_the_client_is_sent_away() {
     let (mut server, socket) = TestServer::start(Duration::from_secs(10));
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = http2(server.addr).await;
     let addr = server.addr;
     let get = |path: &str| {
         hyper::Request::get(format!("http://{addr}{path}"))
@@ -223,14 +230,7 @@ async fn an_http2_stream_in_flight_completes_and_the_client_is_sent_away() {
         .expect("cleanly");
     assert!(sender.send_request(get("/")).await.is_err());
     // The next connection lands on the sibling.
-    let tcp = TcpStream::connect(sibling.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = http2(sibling.addr).await;
     assert_eq!(sender.send_request(get("/")).await.unwrap().status(), 200);
     let report = server.report().await;
     assert!(report.is_clean(), "{report:?}");
@@ -243,14 +243,7 @@ async fn http2_and_http1_share_the_socket() {
     let mut raw = RawConn::connect(server.addr).await.unwrap();
     let response = raw.get("/").await.unwrap();
     assert_eq!(response.status, 200);
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = http2(server.addr).await;
     let request = hyper::Request::get(format!("http://{}/", server.addr))
         .body(Empty::new())
         .unwrap();
