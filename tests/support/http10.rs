@@ -30,19 +30,11 @@ pub struct Http10Counts {
 
 impl Http10Counts {
     pub fn ok(&self) -> u64 {
-        self.by_status
-            .iter()
-            .filter(|(s, _)| (200..300).contains(*s))
-            .map(|(_, n)| n)
-            .sum()
+        super::load::with_status(&self.by_status, true)
     }
 
     pub fn non_2xx(&self) -> u64 {
-        self.by_status
-            .iter()
-            .filter(|(s, _)| !(200..300).contains(*s))
-            .map(|(_, n)| n)
-            .sum()
+        super::load::with_status(&self.by_status, false)
     }
 
     pub fn failure_count(&self) -> u64 {

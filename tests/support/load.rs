@@ -45,21 +45,22 @@ pub struct Sample {
     pub ok: bool,
 }
 
+/// Responses counted by status: the 2xx ones (`true`) or the others.
+pub fn with_status(by_status: &BTreeMap<u16, u64>, success: bool) -> u64 {
+    by_status
+        .iter()
+        .filter(|(status, _)| (200..300).contains(*status) == success)
+        .map(|(_, n)| n)
+        .sum()
+}
+
 impl Counts {
     pub fn ok(&self) -> u64 {
-        self.by_status
-            .iter()
-            .filter(|(s, _)| (200..300).contains(*s))
-            .map(|(_, n)| n)
-            .sum()
+        super::load::with_status(&self.by_status, true)
     }
 
     pub fn non_2xx(&self) -> u64 {
-        self.by_status
-            .iter()
-            .filter(|(s, _)| !(200..300).contains(*s))
-            .map(|(_, n)| n)
-            .sum()
+        super::load::with_status(&self.by_status, false)
     }
 
     pub fn error_count(&self) -> u64 {
