@@ -9,6 +9,7 @@ use clap::{ArgMatches, Args, Command, FromArgMatches, Subcommand};
 
 use crate::name::ServiceName;
 use crate::render::UnitsArgs;
+use crate::replace::control::ReplaceArgs;
 use crate::rollout::RolloutArgs;
 use crate::rotation::RotationArgs;
 use crate::settings::ServeArgs;
@@ -20,6 +21,7 @@ pub(crate) enum Invocation {
     Rollout(RolloutArgs),
     Rotation(RotationArgs),
     Units(UnitsArgs),
+    Replace(ReplaceArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +29,7 @@ enum Verb {
     Rollout(RolloutArgs),
     Rotation(RotationArgs),
     Units(UnitsArgs),
+    Replace(ReplaceArgs),
 }
 
 /// The service's whole CLI. `about` is the service's one-line description.
@@ -35,7 +38,7 @@ pub(crate) fn command(name: &ServiceName, about: Option<&str>, version: Option<&
         .about(about.map(str::to_owned).unwrap_or_else(|| {
             format!("{name}: an HTTP service that deploys without losing a request")
         }))
-        .long_about(long_about(about))
+        .long_about(long_about(name, about))
         .after_long_help(files_help(name))
         .disable_help_subcommand(true)
         .args_conflicts_with_subcommands(true);
@@ -55,8 +58,8 @@ pub(crate) fn command(name: &ServiceName, about: Option<&str>, version: Option<&
     Verb::augment_subcommands(cli)
         .mut_subcommand("rollout", |verb| {
             verb.about(format!(
-                "Deploy: restart every running {name}@ instance one at a time, each once \
-                 the previous one is ready; stop at the first that fails"
+                "Deploy: reload every running {name}@ instance in place, one at a time, each \
+                 once the previous one serves; stop at the first that fails"
             ))
             .long_about(rollout_help(name))
         })
@@ -66,6 +69,13 @@ pub(crate) fn command(name: &ServiceName, about: Option<&str>, version: Option<&
                  /readyz answers 503 on every {name} instance while they keep serving"
             ))
             .long_about(rotation_help(name))
+        })
+        .mut_subcommand("replace", |verb| {
+            verb.about(format!(
+                "Replace the running {name} process PID with the binary now on disk, in place: \
+                 what `systemctl reload {name}@N` runs"
+            ))
+            .long_about(replace_help(name))
         })
         .mut_subcommand("units", |verb| {
             verb.about(format!(
@@ -92,17 +102,20 @@ fn invocation(matches: &ArgMatches) -> Result<Invocation, clap::Error> {
         Verb::Rollout(args) => Invocation::Rollout(args),
         Verb::Rotation(args) => Invocation::Rotation(args),
         Verb::Units(args) => Invocation::Units(args),
+        Verb::Replace(args) => Invocation::Replace(args),
     })
 }
 
-fn long_about(about: Option<&str>) -> String {
+fn long_about(name: &ServiceName, about: Option<&str>) -> String {
     let first = about
         .map(|about| format!("{about}\n\n"))
         .unwrap_or_default();
     format!(
         "{first}Serves the sockets systemd passes (LISTEN_FDS; the one named \"http\"), or binds \
          --listen when started without them. SIGTERM or SIGINT drains and exits (a second one \
-         exits at once); SIGHUP re-reads the settings file.\n\n\
+         exits at once); SIGHUP re-reads the settings file; SIGUSR1 (`systemctl reload`, via \
+         `{name} replace`) replaces the process with the binary on disk, handing over the \
+         sockets and every keep-alive connection.\n\n\
          Exit status: 0 after a clean drain, 1 on a start-up error, 2 on bad usage, 3 when the \
          drain deadline cut connections, 4 when a second signal cut the drain.\n\n\
          Built on handover {}.",
@@ -130,15 +143,37 @@ fn files_help(name: &ServiceName) -> String {
 
 fn rollout_help(name: &ServiceName) -> String {
     format!(
-        "Deploy: restart every running {name}@ instance one at a time, each once the previous \
-         one is ready; stop at the first that fails.\n\n\
-         Each step clears the instance's start rate limit (systemctl reset-failed), restarts it \
-         (or reloads it, with --config-only), and checks that it runs. Instances not yet \
-         reached keep serving the old version when a step fails. Failed instances are \
+        "Deploy: reload every running {name}@ instance in place, one at a time, each once the \
+         previous one serves; stop at the first that fails.\n\n\
+         Each step clears the instance's start rate limit (systemctl reset-failed), reloads it \
+         (systemctl reload: the binary on disk replaces the running process, taking over its \
+         sockets and keep-alive connections), and checks that a new process runs. Instances \
+         that are not running, or run a release from before in-place reloads, are restarted; \
+         --restart restarts every one (for changes to the socket or unit files), and \
+         --config-only only sends SIGHUP (the settings file, re-read in place). Instances not \
+         yet reached keep serving the old version when a step fails. Failed instances are \
          included, so rolling out a fixed release repairs them.\n\n\
          Exit status: 0 when every instance is ready, 1 when one is not (the message names it, \
          its systemd result, and the instances left untouched) or when none is running \
          (unless --if-running)."
+    )
+}
+
+fn replace_help(name: &ServiceName) -> String {
+    format!(
+        "Replace the running {name} process PID with the binary now on disk, in place: what \
+         `systemctl reload {name}@N` runs (the units' ExecReload=).\n\n\
+         PID starts the binary on disk with its own arguments, in its own unit and sandbox; the \
+         new process re-reads the settings file and builds the service. Once it is ready, PID \
+         hands it the listening sockets and its place with systemd (MAINPID=), then moves each \
+         idle HTTP/1.1 keep-alive connection to it between two requests and drains the rest \
+         (HTTP/2 GOAWAY, WebSocket Close) as a stop would. Clients see no closed connection.\n\n\
+         Waits until the new process serves. Exit status: 0 once it does; 1 when it exited, was \
+         not ready within 10s, or PID cannot be replaced (the reason is in PID's log): PID then \
+         goes on serving, untouched.\n\n\
+         What a reload cannot change: the listening address (it belongs to {name}.socket) and \
+         the settings that say so in the log. Change those with a restart (`{name} rollout \
+         --restart`)."
     )
 }
 
@@ -161,7 +196,7 @@ fn units_help(name: &ServiceName) -> String {
          pages, all for the name {name}, under DIR/systemd and DIR/packaging.\n\n\
          The units are the kit's: instances share {name}.socket, start gated on READY=1, drain \
          on stop within TimeoutStopSec=, and run sandboxed (systemd-analyze security: 1.0 or \
-         less). Package upgrades run `{name} rollout --if-running`: a rolling restart."
+         less). Package upgrades run `{name} rollout --if-running`: a rolling in-place reload."
     )
 }
 

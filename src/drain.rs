@@ -17,6 +17,7 @@ use tokio::sync::watch;
 pub struct Trigger {
     tx: watch::Sender<Option<Instant>>,
     draining: Arc<AtomicBool>,
+    handing_over: Arc<AtomicBool>,
 }
 
 /// Sees whether, and since when, the drain has started.
@@ -26,18 +27,25 @@ pub struct Watch {
     /// The same fact as `rx` holds, as one load: every HTTP/1 response asks
     /// it, and the channel's borrow is a lock.
     draining: Arc<AtomicBool>,
+    handing_over: Arc<AtomicBool>,
 }
 
 /// A new trigger and its first watch.
 pub fn channel() -> (Trigger, Watch) {
     let (tx, rx) = watch::channel(None);
     let draining = Arc::new(AtomicBool::new(false));
+    let handing_over = Arc::new(AtomicBool::new(false));
     (
         Trigger {
             tx,
             draining: draining.clone(),
+            handing_over: handing_over.clone(),
         },
-        Watch { rx, draining },
+        Watch {
+            rx,
+            draining,
+            handing_over,
+        },
     )
 }
 
@@ -63,11 +71,19 @@ impl Trigger {
         self.tx.borrow().unwrap_or(now)
     }
 
+    /// Starts the drain of a process that a new one replaces: its HTTP/1
+    /// connections move to the new process instead of closing.
+    pub(crate) fn start_handover(&self) -> Instant {
+        self.handing_over.store(true, Ordering::Release);
+        self.start()
+    }
+
     /// Another watch of this trigger.
     pub fn watch(&self) -> Watch {
         Watch {
             rx: self.tx.subscribe(),
             draining: self.draining.clone(),
+            handing_over: self.handing_over.clone(),
         }
     }
 }
@@ -76,6 +92,11 @@ impl Watch {
     /// Whether the drain has started (or the trigger is gone).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether this drain hands connections to a new process.
+    pub(crate) fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
     }
 
     /// When the drain started, if it has.

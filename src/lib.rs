@@ -37,6 +37,7 @@ mod logging;
 mod name;
 mod notify;
 mod render;
+mod replace;
 mod rollout;
 mod rotation;
 pub mod server;

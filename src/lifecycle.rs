@@ -1,12 +1,14 @@
 //! The life of a service process, from listeners to exit code: serve, tell
-//! systemd `READY=1`, apply reloads, drain on the first SIGTERM/SIGINT, exit
-//! at once on the second.
+//! systemd `READY=1`, apply reloads, replace itself on SIGUSR1 (see
+//! [`crate::replace`]), drain on the first SIGTERM/SIGINT, exit at once on
+//! the second.
 //!
 //! Where each notification is sent: `READY=1` in [`run`] once every listener
 //! has an accept loop; `RELOADING=1` and the following `READY=1` in
 //! [`Lifecycle::reload`]; `STOPPING=1` and the drain's `STATUS=` and
 //! `EXTEND_TIMEOUT_USEC=` in [`Lifecycle::drain`].
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::error_chain;
 use crate::listeners::Listener;
 use crate::logging::LogHandle;
 use crate::notify::{Notifier, NotifyState};
+use crate::replace::{self, Predecessor, ReplaceError, Successor};
 use crate::rotation::Rotation;
 use crate::server::{DrainReport, HttpService, Server};
 use crate::settings::{ConnectionTimeouts, Loaded, ServeArgs, ServiceSettings, Settings};
@@ -39,6 +42,9 @@ pub(crate) struct Startup<T> {
     pub args: ServeArgs,
     pub settings: Loaded<T>,
     pub listeners: Vec<Listener>,
+    /// The channel from the old process this one replaces, which passes
+    /// the listeners instead.
+    pub inherited: Option<OwnedFd>,
     pub notifier: Notifier,
     pub watchdog: Option<Duration>,
     pub log: Option<LogHandle>,
@@ -86,6 +92,7 @@ where
                 service: service_settings,
             },
         listeners,
+        inherited,
         notifier,
         watchdog,
         log,
@@ -104,22 +111,41 @@ where
         service_rx,
         Arc::new(rotation),
     ));
+    let (listeners, watchdog, predecessor) = match inherited {
+        None => (listeners, watchdog, None),
+        Some(fd) => {
+            let predecessor = Predecessor::new(fd)?;
+            let (listeners, watchdog) = predecessor
+                .take_listeners(true)
+                .await
+                .map_err(|err| std::io::Error::other(crate::error_chain(&err)))?;
+            (listeners, watchdog, Some(predecessor))
+        }
+    };
     let server = Server::start(listeners, service, trigger, timeouts_rx, settings.limits)?;
     // A Unix socket's path may hold a newline; STATUS= must be one line.
     let status = crate::notify::one_line(&format!(
         "serving http on {}",
         server.listening().join(", ")
     ));
+    match predecessor {
+        // The old process tells systemd, MAINPID= and READY=1 at once.
+        Some(predecessor) => {
+            predecessor
+                .become_main()
+                .await
+                .map_err(|err| std::io::Error::other(crate::error_chain(&err)))?;
+            tokio::spawn(predecessor.take_connections(server.adopter()));
+        }
+        None => notifier.notify(&[NotifyState::Ready, NotifyState::Status(&status)]),
+    }
     tracing::info!(
         instance = %settings.instance,
         pid = std::process::id(),
         listeners = %server.listening().join(", "),
         "ready"
     );
-    notifier.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-    if let Some(interval) = watchdog {
-        spawn_watchdog(notifier.clone(), interval);
-    }
+    let watchdog_task = watchdog.map(|interval| spawn_watchdog(notifier.clone(), interval));
     let lifecycle = Lifecycle {
         name,
         args,
@@ -130,15 +156,58 @@ where
         service_tx,
         timeouts_tx,
         status,
+        watchdog,
     };
     let signal = loop {
         match intents.recv().await {
             Some(Intent::Reload) => lifecycle.reload(),
+            Some(Intent::Replace { reply_to }) => {
+                match lifecycle.replace(&server, &mut intents).await {
+                    Ok(successor) => {
+                        answer(reply_to, true);
+                        if let Some(task) = watchdog_task {
+                            // The new process pings now; ours would be refused.
+                            task.abort();
+                        }
+                        return Ok(lifecycle.hand_over(server, successor, &mut intents).await);
+                    }
+                    Err(ReplaceError::Draining(signal)) => {
+                        answer(reply_to, false);
+                        break signal;
+                    }
+                    Err(err) => {
+                        // The reason in the message itself: what `journalctl
+                        // -u` and `systemctl status` show.
+                        let reason = error_chain(&err);
+                        tracing::error!(
+                            error = %reason,
+                            "reload failed: this process goes on serving: {reason}"
+                        );
+                        answer(reply_to, false);
+                    }
+                }
+            }
             Some(Intent::Drain(signal)) => break signal,
             None => break "end of signal stream",
         }
     };
     Ok(lifecycle.drain(server, signal, &mut intents).await)
+}
+
+/// Answers `NAME replace` (a reload's `ExecReload=`): SIGUSR1 done,
+/// SIGUSR2 failed.
+fn answer(to: Option<i32>, done: bool) {
+    let Some(pid) = to.and_then(rustix::process::Pid::from_raw) else {
+        return;
+    };
+    let signal = if done {
+        rustix::process::Signal::USR1
+    } else {
+        rustix::process::Signal::USR2
+    };
+    if let Err(err) = rustix::process::kill_process(pid, signal) {
+        tracing::warn!(pid = pid.as_raw_nonzero().get(), error = %err, "cannot answer the reload");
+    }
 }
 
 struct Lifecycle<T> {
@@ -151,6 +220,7 @@ struct Lifecycle<T> {
     service_tx: watch::Sender<Arc<T>>,
     timeouts_tx: watch::Sender<ConnectionTimeouts>,
     status: String,
+    watchdog: Option<Duration>,
 }
 
 impl<T: ServiceSettings> Lifecycle<T> {
@@ -186,6 +256,97 @@ impl<T: ServiceSettings> Lifecycle<T> {
             .notify(&[NotifyState::Ready, NotifyState::Status(&self.status)]);
     }
 
+    /// Starts the binary on disk as this process's replacement and makes it
+    /// the unit's main process; this process serves meanwhile, and on
+    /// failure goes on as it was.
+    async fn replace(
+        &self,
+        server: &Server,
+        intents: &mut Intents,
+    ) -> Result<Successor, ReplaceError> {
+        tracing::info!("reload: replacing this process with the binary on disk");
+        // Outside ExecReload= (a `kill -USR1`), this holds the unit in
+        // "reloading" until the new process is ready.
+        self.notifier.notify(&[
+            NotifyState::Reloading,
+            NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
+        ]);
+        let listeners = server.listener_fds();
+        let attempt =
+            replace::start_successor(&listeners, self.watchdog, &self.notifier, &self.status);
+        tokio::pin!(attempt);
+        let result = loop {
+            tokio::select! {
+                result = &mut attempt => break result,
+                intent = intents.recv() => match intent {
+                    // Dropping the attempt kills the new process.
+                    Some(Intent::Drain(signal)) => break Err(ReplaceError::Draining(signal)),
+                    Some(Intent::Replace { reply_to }) => {
+                        tracing::warn!("reload asked again while one is under way: refused");
+                        answer(reply_to, false);
+                    }
+                    Some(Intent::Reload) => tracing::info!("settings reload ignored while replacing"),
+                    None => {}
+                },
+            }
+        };
+        if result.is_err() {
+            self.notifier
+                .notify(&[NotifyState::Ready, NotifyState::Status(&self.status)]);
+        }
+        result
+    }
+
+    /// The drain of a process its successor has replaced: HTTP/1
+    /// connections move to it, the rest drain here. systemd hears nothing
+    /// more from this process: it is no longer the unit's main one.
+    async fn hand_over(
+        self,
+        server: Server,
+        successor: Successor,
+        intents: &mut Intents,
+    ) -> Outcome {
+        let deadline = self.settings_tx.borrow().drain_deadline;
+        let connections = server.connections();
+        tracing::info!(
+            pid = successor.pid,
+            connections,
+            "reload: the new process serves; moving connections to it"
+        );
+        let handing = async {
+            if successor.takes_connections {
+                let handoff = crate::connection::Handoff::new(successor.channel);
+                server.hand_over(handoff, deadline).await
+            } else {
+                // A release that cannot take connections: they drain here.
+                (server.drain(deadline, |_| {}).await, (0, connections))
+            }
+        };
+        tokio::pin!(handing);
+        loop {
+            tokio::select! {
+                (report, (moved, stayed)) = &mut handing => {
+                    tracing::info!(
+                        moved,
+                        closed = stayed,
+                        elapsed_ms = report.elapsed.as_millis() as u64,
+                        cut = report.cut,
+                        "reload: handover finished; moved {moved} connections, {stayed} ended here"
+                    );
+                    return if report.is_clean() { Outcome::Clean(report) } else { Outcome::Cut(report) };
+                }
+                intent = intents.recv() => match intent {
+                    Some(Intent::Drain(signal)) => {
+                        tracing::warn!(signal, "drain signal during the handover: exiting without waiting");
+                        return Outcome::Forced { connections };
+                    }
+                    Some(Intent::Replace { reply_to }) => answer(reply_to, false),
+                    Some(Intent::Reload) | None => {}
+                },
+            }
+        }
+    }
+
     async fn drain(self, server: Server, signal: &str, intents: &mut Intents) -> Outcome {
         let deadline = self.settings_tx.borrow().drain_deadline;
         let connections = server.connections();
@@ -218,6 +379,10 @@ impl<T: ServiceSettings> Lifecycle<T> {
                         return Outcome::Forced { connections };
                     }
                     Some(Intent::Reload) => tracing::info!("reload ignored while draining"),
+                    Some(Intent::Replace { reply_to }) => {
+                        tracing::info!("replace ignored while draining");
+                        answer(reply_to, false);
+                    }
                     None => {}
                 },
             }
@@ -248,14 +413,14 @@ fn finish(report: DrainReport) -> Outcome {
 
 /// Sends `WATCHDOG=1` at half the interval systemd asked for, from the
 /// runtime itself, so a wedged runtime stops the pings.
-fn spawn_watchdog(notifier: Arc<Notifier>, interval: Duration) {
+fn spawn_watchdog(notifier: Arc<Notifier>, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval / 2);
         loop {
             ticks.tick().await;
             notifier.notify(&[NotifyState::Watchdog]);
         }
-    });
+    })
 }
 
 #[cfg(test)]

@@ -64,6 +64,37 @@ impl From<UnixListener> for Listener {
     }
 }
 
+impl StdListener {
+    /// A copy of the socket (close-on-exec), to pass to another process.
+    pub(crate) fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        match self {
+            StdListener::Tcp(l) => Ok(l.try_clone()?.into()),
+            StdListener::Unix(l) => Ok(l.try_clone()?.into()),
+        }
+    }
+}
+
+impl Listener {
+    /// A listening socket another process passed, checked as systemd's are.
+    pub(crate) fn from_passed(fd: OwnedFd) -> io::Result<Listener> {
+        let family = inspect(fd.as_raw_fd())
+            .map_err(|problem| io::Error::other(format!("passed listener: {problem:?}")))?;
+        let socket = match family {
+            libc::AF_INET | libc::AF_INET6 => {
+                let l = std::net::TcpListener::from(fd);
+                l.set_nonblocking(true)?;
+                StdListener::Tcp(l)
+            }
+            _ => {
+                let l = UnixListener::from(fd);
+                l.set_nonblocking(true)?;
+                StdListener::Unix(l)
+            }
+        };
+        Ok(Listener { socket })
+    }
+}
+
 /// Why the listening sockets cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {

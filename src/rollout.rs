@@ -1,8 +1,12 @@
-//! The deploy verb: restart (or, config-only, reload) every running instance
-//! of the template one at a time, each waiting until systemd reports it ready
-//! (`Type=notify`: `systemctl restart` returns once `READY=1` arrives), and
-//! stop at the first failure, leaving the instances not yet reached serving
-//! the old version. Each step first clears the instance's failed state and
+//! The deploy verb: reload every running instance of the template one at a
+//! time, each waiting until its new process serves (`systemctl reload` runs
+//! `NAME replace`, which returns only then), and stop at the first failure,
+//! leaving the instances not yet reached serving the old version. An
+//! instance that is not running, or runs a release from before in-place
+//! reloads, is restarted instead (`Type=notify`: `systemctl restart` returns
+//! once `READY=1` arrives); `--restart` restarts every one, for what a
+//! reload cannot change; `--config-only` sends SIGHUP (settings re-read in
+//! the running process). Each step first clears the instance's failed state and
 //! start rate limit (`systemctl reset-failed`): app@.service sets no limit,
 //! but a template of the user's own (`--template`) may keep systemd's
 //! default, which counts deliberate restarts too.
@@ -15,7 +19,13 @@ use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct RolloutArgs {
-    /// Reload the settings (SIGHUP via ExecReload=) instead of restarting
+    /// Restart each instance instead of reloading it in place: for what a
+    /// reload cannot change (the socket unit, the unit file's own settings)
+    #[arg(long, conflicts_with = "config_only")]
+    pub restart: bool,
+
+    /// Only re-read the settings file in each running process (SIGHUP); no
+    /// new binary. A reload re-reads it too
     #[arg(long)]
     pub config_only: bool,
 
@@ -73,37 +83,53 @@ pub fn run(
         }
         return Err(RolloutError::NothingRunning(template.to_owned()));
     }
-    let verb = if args.config_only {
-        "reload"
-    } else {
-        "restart"
-    };
     let _ = writeln!(
         out,
-        "rollout: {verb} {} one at a time: {}",
+        "rollout: {} {} one at a time: {}",
+        if args.config_only {
+            "re-read the settings of"
+        } else if args.restart {
+            "restart"
+        } else {
+            "reload"
+        },
         units.len(),
         units.join(", ")
     );
     let started = Instant::now();
     for (i, unit) in units.iter().enumerate() {
-        let old_pid = systemctl.state(unit)?.main_pid;
-        let _ = writeln!(out, "rollout: {verb} {unit} (pid {old_pid}) ...");
+        let before = systemctl.state(unit)?;
+        let old_pid = before.main_pid.clone();
+        let verb = step(args, &before);
+        let _ = writeln!(
+            out,
+            "rollout: {} {unit} (pid {old_pid}) ...",
+            verb.describe()
+        );
         let step_started = Instant::now();
         // A deliberate deploy is not a crash loop: clear a failed state and
         // any start rate limit (5 starts in 10 s, where a unit keeps
         // systemd's default) so repeated rollouts are not refused.
         systemctl.call(&["reset-failed", unit])?;
-        let done = systemctl.call(&[verb, unit])?;
+        let done = match verb {
+            Step::Reload => systemctl.call(&["reload", unit])?,
+            Step::Restart => systemctl.call(&["restart", unit])?,
+            Step::Settings => {
+                systemctl.call(&["kill", "--kill-whom=main", "--signal=SIGHUP", unit])?
+            }
+        };
         let took = step_started.elapsed();
         let state = systemctl.state(unit)?;
-        if !done || !state.is_ready() {
+        // A reload that leaves the old process main replaced nothing.
+        let replaced = verb != Step::Reload || state.main_pid != old_pid;
+        if !done || !state.is_ready() || !replaced {
             let untouched = match &units[i + 1..] {
                 [] => "no other instance".to_owned(),
                 rest => rest.join(", "),
             };
             return Err(RolloutError::Failed {
                 unit: unit.clone(),
-                verb,
+                verb: verb.name(),
                 state: state.to_string(),
                 untouched,
             });
@@ -122,6 +148,54 @@ pub fn run(
         started.elapsed().as_secs_f64()
     );
     Ok(units.len())
+}
+
+/// What one step does to one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Replace the process in place (`systemctl reload`: ExecReload=).
+    Reload,
+    Restart,
+    /// SIGHUP: the running process re-reads its settings.
+    Settings,
+}
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Reload => "reload",
+            Step::Restart => "restart",
+            Step::Settings => "SIGHUP",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Reload => "reload",
+            Step::Restart => "restart",
+            Step::Settings => "re-read the settings of",
+        }
+    }
+}
+
+/// Reload a running instance whose process takes it; restart the rest (not
+/// running, or a release from before in-place reloads, which SIGUSR1 would
+/// kill).
+fn step(args: &RolloutArgs, state: &UnitState) -> Step {
+    if args.config_only {
+        return Step::Settings;
+    }
+    if args.restart || !state.is_ready() {
+        return Step::Restart;
+    }
+    let takes_reload = std::fs::read_to_string(format!("/proc/{}/status", state.main_pid))
+        .ok()
+        .and_then(|status| crate::replace::control::catches_sigusr1(&status));
+    if takes_reload == Some(true) {
+        Step::Reload
+    } else {
+        Step::Restart
+    }
 }
 
 /// Instances that are running or trying to (a failed one is included, so a

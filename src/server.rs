@@ -9,8 +9,9 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use std::task::{Context, Poll};
@@ -23,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, BoxError, ConnectionContext, Slots};
+use crate::connection::{self, BoxError, ConnectionContext, Handoff, Prefixed, Slots};
 use crate::drain;
 use crate::listeners::{Listener, StdListener};
 use crate::settings::{ConnectionTimeouts, Limits};
@@ -169,6 +170,10 @@ where
 /// running until the runtime ends.
 pub struct Server {
     trigger: drain::Trigger,
+    /// Copies of the listening sockets, to pass to a new process.
+    listener_fds: Vec<OwnedFd>,
+    handoff: Arc<OnceLock<Handoff>>,
+    adopt: Adopt,
     accept_loops: Vec<JoinHandle<()>>,
     connections: TaskTracker,
     cut: CancellationToken,
@@ -204,11 +209,16 @@ impl DrainReport {
     }
 }
 
+/// Serves a connection another process handed over, with the bytes it had
+/// already read.
+type Adopt = Arc<dyn Fn(OwnedFd, Bytes) -> io::Result<()> + Send + Sync>;
+
 /// A listener registered with the runtime.
 trait Accept: Send + 'static {
     type Io: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
         + std::os::fd::AsRawFd
+        + AsFd
         + Unpin
         + Send
         + 'static;
@@ -256,8 +266,22 @@ impl Server {
             slots: Arc::new(Slots::new(limits.max_connections)),
             http: Arc::new(connection::http(&limits)),
             numbers: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            handoff: Arc::new(OnceLock::new()),
         };
         let listening = listeners.iter().map(ToString::to_string).collect();
+        let listener_fds = listeners
+            .iter()
+            .map(|listener| listener.socket.try_clone_fd())
+            .collect::<io::Result<_>>()?;
+        let adopt: Adopt = {
+            let (ctx, connections) = (ctx.clone(), connections.clone());
+            // Services need not be Sync; a clone per adopted connection is.
+            let service = std::sync::Mutex::new(service.clone());
+            Arc::new(move |fd, read| {
+                let service = service.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                adopt(fd, read, service, ctx.clone(), &connections)
+            })
+        };
         let mut accept_loops = Vec::with_capacity(listeners.len());
         for listener in listeners {
             let handle = match listener.socket {
@@ -278,6 +302,9 @@ impl Server {
         }
         Ok(Server {
             trigger,
+            listener_fds,
+            handoff: ctx.handoff,
+            adopt,
             accept_loops,
             connections,
             cut: ctx.cut,
@@ -303,14 +330,54 @@ impl Server {
         self.slots.taken()
     }
 
+    /// The listening sockets, to pass to a new process.
+    pub(crate) fn listener_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.listener_fds.iter().map(AsFd::as_fd).collect()
+    }
+
+    /// Serves a connection another process handed over.
+    pub(crate) fn adopter(&self) -> impl Fn(OwnedFd, Bytes) -> io::Result<()> + use<> {
+        let adopt = self.adopt.clone();
+        move |fd, read| adopt(fd, read)
+    }
+
+    /// The drain of a process a new one has replaced: stops accepting,
+    /// moves every HTTP/1 connection to `handoff` between two requests, and
+    /// drains the rest (HTTP/2, WebSockets) as [`Server::drain`] does.
+    pub(crate) async fn hand_over(
+        self,
+        handoff: Handoff,
+        deadline: Duration,
+    ) -> (DrainReport, (usize, usize)) {
+        let handoffs = self.handoff.clone();
+        handoffs.get_or_init(|| handoff);
+        let report = self.drain_with(deadline, |_| {}, true).await;
+        let counts = handoffs.get().map_or((0, 0), Handoff::counts);
+        (report, counts)
+    }
+
     /// Stops accepting, lets every connection finish, and cuts those still
     /// open after `deadline`. `progress` is called about once a second.
     pub async fn drain(
         self,
         deadline: Duration,
-        mut progress: impl FnMut(DrainProgress),
+        progress: impl FnMut(DrainProgress),
     ) -> DrainReport {
-        let started = self.trigger.start();
+        self.drain_with(deadline, progress, false).await
+    }
+
+    async fn drain_with(
+        self,
+        deadline: Duration,
+        mut progress: impl FnMut(DrainProgress),
+        handing_over: bool,
+    ) -> DrainReport {
+        let started = if handing_over {
+            self.trigger.start_handover()
+        } else {
+            self.trigger.start()
+        };
+        drop(self.listener_fds);
         for accept_loop in self.accept_loops {
             // The loops end at the drain signal, dropping their listeners.
             let _ = accept_loop.await;
@@ -399,6 +466,38 @@ async fn accept_loop<L, S, B>(
             }
         }
     }
+}
+
+fn adopt<S, B>(
+    fd: OwnedFd,
+    read: Bytes,
+    service: S,
+    ctx: ConnectionContext,
+    connections: &TaskTracker,
+) -> io::Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let unix = rustix::net::getsockname(&fd)?.address_family() == rustix::net::AddressFamily::UNIX;
+    // A handed-over connection is served even at max_connections: its
+    // client is mid-conversation, and it was counted in the old process.
+    let slot = ctx.slots.force();
+    if unix {
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true)?;
+        let io = Prefixed::new(read, tokio::net::UnixStream::from_std(stream)?);
+        connections.spawn(connection::serve(io, service, ctx, slot));
+    } else {
+        let stream = std::net::TcpStream::from(fd);
+        stream.set_nonblocking(true)?;
+        let io = Prefixed::new(read, tokio::net::TcpStream::from_std(stream)?);
+        connections.spawn(connection::serve(io, service, ctx, slot));
+    }
+    Ok(())
 }
 
 /// Errors about one connection that died in the queue, not about the listener.

@@ -81,6 +81,10 @@ enum Failure {
     Rotation(#[from] RotationError),
     #[error(transparent)]
     Render(#[from] RenderError),
+    #[error(transparent)]
+    Replace(#[from] crate::replace::control::ReplaceFailed),
+    #[error(transparent)]
+    Inherit(#[from] crate::replace::InheritError),
 }
 
 impl Service<NoSettings> {
@@ -190,6 +194,11 @@ impl<T: ServiceSettings> Service<T> {
                 rotation::run(&args, &name.rotation_flag(), &mut out).map_err(Failure::from)
             }
             Invocation::Units(args) => units::<T>(&name, &args, &command, &mut out),
+            Invocation::Replace(args) => {
+                crate::replace::control::run(&args, name.as_str(), &mut out)
+                    .map(|()| ExitCode::SUCCESS)
+                    .map_err(Failure::from)
+            }
         };
         result.unwrap_or_else(|err| report(name.as_str(), &err))
     }
@@ -197,6 +206,8 @@ impl<T: ServiceSettings> Service<T> {
 
 /// Everything gathered before the runtime serves, in the order that matters.
 fn prepare<T: ServiceSettings>(name: &ServiceName, args: ServeArgs) -> Result<Startup<T>, Failure> {
+    #[cfg(feature = "fault-injection")]
+    crate::fault::at_start(name.as_str());
     let settings = Loaded::<T>::load(&args, name.as_str())?;
     let fd_limit = fds::raise_soft_limit().map_err(Failure::FdLimit)?;
     fds::check(settings.kit.limits.max_connections, fd_limit)?;
@@ -206,7 +217,13 @@ fn prepare<T: ServiceSettings>(name: &ServiceName, args: ServeArgs) -> Result<St
     } else {
         Fallback::Bind(settings.kit.listen)
     };
-    let (listeners, unused) = listeners::take_from_env(fallback)?;
+    // Started by an old process of this service to replace it: the
+    // listening sockets come from it, once this process is ready.
+    let inherited = crate::replace::inherited_channel()?;
+    let (listeners, unused) = match inherited {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => listeners::take_from_env(fallback)?,
+    };
     let destination = Destination::detect(std::env::var("JOURNAL_STREAM").ok().as_deref());
     let log = logging::init(&settings.kit.log_level, destination, name.as_str())?;
     for fd in unused {
@@ -219,6 +236,7 @@ fn prepare<T: ServiceSettings>(name: &ServiceName, args: ServeArgs) -> Result<St
         args,
         settings,
         listeners,
+        inherited,
         notifier,
         watchdog: manager.watchdog,
         log: Some(log),

@@ -2,13 +2,17 @@
 //!
 //! SIGTERM (what systemd sends) and SIGINT (what Ctrl-C, pm2 and many
 //! supervisors send) both mean "drain"; SIGHUP (what `systemctl reload` sends
-//! through `ExecReload=`) means "reload the settings". What a second drain
-//! request means is the lifecycle's decision, not this module's.
+//! by hand: `kill -HUP`) means "reload the settings"; SIGUSR1 (what
+//! `NAME replace`, the units' `ExecReload=`, sends) means "replace this
+//! process with the binary on disk". What a second drain request means is
+//! the lifecycle's decision, not this module's.
 
 use std::io;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::low_level::siginfo::{Cause, Origin, Sent};
 use tokio::sync::mpsc;
 
 /// What a signal asks of the service.
@@ -18,6 +22,9 @@ pub enum Intent {
     Drain(&'static str),
     /// Re-read the settings file.
     Reload,
+    /// Replace this process with the binary on disk; answer the process
+    /// that asked with `sigqueue`, if one did.
+    Replace { reply_to: Option<i32> },
 }
 
 impl Intent {
@@ -26,7 +33,23 @@ impl Intent {
             SIGTERM => Some(Intent::Drain("SIGTERM")),
             SIGINT => Some(Intent::Drain("SIGINT")),
             SIGHUP => Some(Intent::Reload),
+            SIGUSR1 => Some(Intent::Replace { reply_to: None }),
             _ => None,
+        }
+    }
+
+    fn from_origin(origin: &Origin) -> Option<Self> {
+        match Intent::from_signal(origin.signal)? {
+            Intent::Replace { .. } => Some(Intent::Replace {
+                // Only `NAME replace` queues its request; a `kill -USR1`
+                // from a shell that has exited gets no answer, so its pid,
+                // perhaps reused by now, gets no signal.
+                reply_to: match origin.cause {
+                    Cause::Sent(Sent::Queue) => origin.process.map(|p| p.pid),
+                    _ => None,
+                },
+            }),
+            intent => Some(intent),
         }
     }
 }
@@ -43,13 +66,13 @@ impl Intents {
     /// that arrive before the runtime is up are queued, not lost, and from this
     /// point SIGTERM no longer kills the process outright.
     pub fn register() -> io::Result<Self> {
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        let mut signals = SignalsInfo::<WithOrigin>::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                for signal in signals.forever() {
-                    let Some(intent) = Intent::from_signal(signal) else {
+                for origin in signals.forever() {
+                    let Some(intent) = Intent::from_origin(&origin) else {
                         continue;
                     };
                     if tx.send(intent).is_err() {
@@ -75,6 +98,10 @@ mod tests {
         assert_eq!(Intent::from_signal(SIGTERM), Some(Intent::Drain("SIGTERM")));
         assert_eq!(Intent::from_signal(SIGINT), Some(Intent::Drain("SIGINT")));
         assert_eq!(Intent::from_signal(SIGHUP), Some(Intent::Reload));
-        assert_eq!(Intent::from_signal(signal_hook::consts::SIGUSR1), None);
+        assert_eq!(
+            Intent::from_signal(SIGUSR1),
+            Some(Intent::Replace { reply_to: None })
+        );
+        assert_eq!(Intent::from_signal(signal_hook::consts::SIGUSR2), None);
     }
 }

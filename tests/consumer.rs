@@ -450,6 +450,7 @@ async fn orders_deb_installs_upgrades_as_a_rolling_restart_and_purges() {
         "/usr/share/doc/orders",
         "/usr/share/man/man1/orders.1.gz",
         "/usr/share/man/man1/orders-rollout.1.gz",
+        "/usr/share/man/man1/orders-replace.1.gz",
         "/usr/share/man/man1/orders-rotation.1.gz",
         "/usr/share/man/man1/orders-units.1.gz",
         "/usr/share/lintian/overrides/orders",

@@ -309,8 +309,11 @@ async fn connections_wait_while_every_instance_is_down() {
     assert_no_loss("through a full stop and start", &mut counts);
 }
 
-/// Acceptance 5: a reload applies a changed settings file without dropping a
-/// request; a broken file keeps the old settings.
+/// Acceptance 5: `rollout --config-only` (SIGHUP to each instance) applies a
+/// changed settings file without dropping a request; a broken file keeps the
+/// old settings, whether re-read in place (SIGHUP) or by a reload's new
+/// process, which refuses it: `systemctl reload` fails and the old process
+/// serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_settings_without_dropping_requests() {
     if !can_boot("reload_applies_settings_without_dropping_requests") {
@@ -339,14 +342,27 @@ async fn reload_applies_settings_without_dropping_requests() {
         assert_eq!((status, body.as_str()), (200, "slept 200 ms (capped)\n"));
     }
 
-    blocking(&sd, |sd| {
+    let (before, after, reload) = blocking(&sd, |sd| {
         sd.write("/etc/app/app.toml", "[app]\nslow_max = [broken\n");
-        sd.systemctl_ok(&["reload", "app@1.service", "app@2.service"]);
+        let (ok, _) = rollout(sd, "/usr/bin/app", &["--config-only"]);
+        assert!(
+            ok,
+            "a settings file that does not parse is logged, not fatal"
+        );
+        let before = pids(sd);
+        let reload = sd.systemctl(&["reload", "app@1.service", "app@2.service"]);
+        (before, pids(sd), reload)
     })
     .await;
     for journal in &mut journals {
         journal.wait_for_line(&["settings not reloaded"]);
+        journal.wait_for_line(&["reload failed: this process goes on serving"]);
     }
+    assert!(
+        !reload.status.success(),
+        "a reload whose new process cannot read its settings fails"
+    );
+    assert_eq!(before, after, "the old processes serve on");
     for _ in 0..4 {
         let (status, body) = http_get(addr, "/slow?ms=3000").unwrap();
         assert_eq!((status, body.as_str()), (200, "slept 200 ms (capped)\n"));

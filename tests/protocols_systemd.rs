@@ -57,14 +57,19 @@ fn pids(sd: &SystemdBox) -> [String; 2] {
     ]
 }
 
-/// `app rollout` inside the box, `ROLLOUTS` times; each must succeed and
-/// leave both instances on new processes. Returns how long they took.
+/// `app rollout --restart` inside the box, `ROLLOUTS` times; each must
+/// succeed and leave both instances on new processes. Returns how long they
+/// took. Restarts, not the default in-place reloads: these tests are about
+/// how each kind of connection drains (tests/reload.rs covers reloads, where
+/// HTTP/2 and WebSockets drain the same way and HTTP/1 connections move).
 async fn rollouts(sd: &Arc<SystemdBox>) -> Duration {
     let started = Instant::now();
     let mut before = blocking(sd, pids).await;
     for round in 1..=ROLLOUTS {
-        let (out, after) =
-            blocking(sd, |sd| (sd.run("/usr/bin/app", &["rollout"]), pids(sd))).await;
+        let (out, after) = blocking(sd, |sd| {
+            (sd.run("/usr/bin/app", &["rollout", "--restart"]), pids(sd))
+        })
+        .await;
         let output = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

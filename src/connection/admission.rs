@@ -96,6 +96,16 @@ impl Slots {
     }
 }
 
+impl Slots {
+    /// A slot now, even over the limit: for a connection another process
+    /// handed over, whose client is mid-conversation. The accept loops then
+    /// wait until the count is below the limit again.
+    pub fn force(self: &Arc<Self>) -> Slot {
+        self.taken.fetch_add(1, Ordering::AcqRel);
+        Slot(self.clone())
+    }
+}
+
 /// One connection's slot, given back when dropped.
 pub(crate) struct Slot(Arc<Slots>);
 

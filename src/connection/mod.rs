@@ -15,19 +15,23 @@
 //!   connection, and bring its IO home when hyper or the service lets go;
 //! - [`websocket`]: the WebSocket Close frame, between two frames;
 //! - [`linger`]: the lingering close every connection ends with;
+//! - [`handoff`]: or, when a new process replaces this one, the move of an
+//!   HTTP/1 connection to it, between two requests;
 //! - this module: the task that ties them together.
 
 mod admission;
+mod handoff;
 mod linger;
 mod policy;
+mod prefixed;
 mod tracking;
 mod websocket;
 
 use std::future::{Future, poll_fn};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -46,9 +50,11 @@ use crate::drain;
 use crate::settings::{ConnectionTimeouts, Limits};
 
 pub(crate) use admission::{Slot, Slots};
+pub(crate) use handoff::Handoff;
 use linger::{Farewell, linger};
 use policy::{Action, Policy};
-use tracking::{Shared, State, Tracked, Tracking};
+pub(crate) use prefixed::Prefixed;
+use tracking::{Movable, Shared, State, Tracked, Tracking};
 
 /// Any error, as hyper and tower pass them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,6 +78,8 @@ pub(crate) struct ConnectionContext {
     pub http: Arc<auto::Builder<TokioExecutor>>,
     /// Numbers connections, for their place in the WebSocket close window.
     pub numbers: Arc<AtomicU64>,
+    /// Set, before the drain starts, when a new process replaces this one.
+    pub handoff: Arc<OnceLock<Handoff>>,
 }
 
 /// hyper's HTTP/1 and HTTP/2, as every connection uses them.
@@ -116,10 +124,19 @@ enum Event<I> {
     Timer,
 }
 
-/// Serves one accepted connection until it is closed.
+/// How a connection's task ends.
+enum End<I> {
+    /// Closed here, how, with its IO if it came home.
+    Close(Farewell, Option<I>),
+    /// To move to the new process: nothing of it is left in hyper.
+    Move(I),
+}
+
+/// Serves one accepted connection until it is closed, or moves to the
+/// process that replaces this one.
 pub(crate) async fn serve<I, S, B>(io: I, service: S, ctx: ConnectionContext, slot: Slot)
 where
-    I: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + AsRawFd + AsFd + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -144,15 +161,39 @@ where
         max_body_bytes: ctx.limits.max_body_bytes,
     };
     let conn = ctx.http.serve_connection_with_upgrades(io, service);
-    let (farewell, io) = drive(Box::pin(conn), home, &shared, ctx.clone(), fd).await;
+    let end = drive(Box::pin(conn), home, &shared, ctx.clone(), fd).await;
     drop(open);
+    let (farewell, io) = match end {
+        End::Close(farewell, io) => (farewell, io),
+        End::Move(io) => {
+            let handoff = ctx
+                .handoff
+                .get()
+                .expect("connections move only with a handoff");
+            let sent = tokio::select! {
+                sent = handoff.send(io.as_fd()) => sent.map_err(|err| err.to_string()),
+                () = ctx.cut.cancelled() => Err("the drain deadline passed".to_owned()),
+            };
+            match sent {
+                // This process's fd closes; the socket lives on in the new one.
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "connection not moved to the new process; closing it");
+                    (Farewell::None, Some(io))
+                }
+            }
+        }
+    };
+    if let Some(handoff) = ctx.handoff.get() {
+        handoff.stayed();
+    }
     if let Some(io) = io {
         // A connection whose client never sent a byte has no response to
         // protect and nothing unread to draw a reset: it closes at once
         // instead of lingering. An idle flood gives its slots back after the
         // grace, not the grace and the linger.
         let farewell = match farewell {
-            Farewell::None if !shared.lock().heard => Farewell::Unused,
+            Farewell::None if !shared.heard() => Farewell::Unused,
             farewell => farewell,
         };
         linger(io, farewell, &ctx.cut).await;
@@ -162,27 +203,31 @@ where
 
 /// Runs the connection until it is over: hyper serves it, then, after an
 /// upgrade, the service does, while this task carries out the close policy.
-/// Returns how to close it and its IO, once home (`None` when cut, or gone).
+/// Returns how to close it and its IO, once home (`None` when cut, or gone),
+/// or that it moves.
 async fn drive<C, I>(
     conn: Pin<Box<C>>,
     mut home: oneshot::Receiver<I>,
     shared: &Shared,
     mut ctx: ConnectionContext,
     fd: RawFd,
-) -> (Farewell, Option<I>)
+) -> End<I>
 where
     C: Future<Output = Result<(), BoxError>> + GracefulShutdown,
 {
     let mut conn = Some(conn);
     let mut pressure = ctx.slots.pressure();
-    {
-        let mut state = shared.lock();
-        if let Some(at) = ctx.drain.started_at() {
-            state.policy.drain_started(at);
-        }
-        state.policy.set_pressure(*pressure.borrow_and_update());
+    shared
+        .lock()
+        .policy
+        .set_pressure(*pressure.borrow_and_update());
+    // When the drain started, while this connection is to move instead.
+    let mut moving: Option<Instant> = None;
+    let mut drain_seen = false;
+    if let Some(at) = ctx.drain.started_at() {
+        drain_seen = true;
+        moving = drain_started(shared, &ctx, at);
     }
-    let mut drain_seen = ctx.drain.is_draining();
     let mut reloads_open = true;
     let mut pressure_open = true;
     // A WebSocket Close that did not fit in the socket yet.
@@ -193,14 +238,39 @@ where
     let mut timer_at = None;
     let control = Arc::new(ControlWake::default());
     loop {
+        if let Some(at) = moving {
+            match shared.movable() {
+                Movable::Now => {
+                    // hyper is between two polls and holds nothing of the
+                    // connection: dropping it brings the IO home.
+                    drop(conn.take());
+                    return match home.try_recv() {
+                        Ok(io) => End::Move(io),
+                        Err(_) => End::Close(Farewell::None, None),
+                    };
+                }
+                Movable::Later => {}
+                Movable::Never => {
+                    moving = None;
+                    shared.stop_moving();
+                    shared.lock().policy.drain_started(at);
+                }
+            }
+        }
         let armed = {
             let mut state = shared.lock();
+            // Before the activity is read: a response ending meanwhile then
+            // sees it and checks whether to wake us.
+            shared.set_hurry(state.policy.may_hurry());
             // Never further ahead than a request head may take: the next
             // head's deadline then falls after the timer, and starting it
             // wakes nobody.
             let now = Instant::now();
             let check = now + state.policy.timeouts().header_read;
-            let mut armed = state.due().map_or(check, |(at, _)| at.min(check));
+            let mut armed = state
+                .policy
+                .due(&shared.activity())
+                .map_or(check, |(at, _)| at.min(check));
             if close_retry.is_some() {
                 armed = armed.min(now + CLOSE_RETRY);
             }
@@ -274,15 +344,21 @@ where
                 // unless a service took it with an upgrade.
                 conn = None;
                 match home.try_recv() {
-                    Ok(io) => return (Farewell::None, Some(io)),
-                    Err(oneshot::error::TryRecvError::Closed) => return (Farewell::None, None),
+                    Ok(io) => return End::Close(Farewell::None, Some(io)),
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        return End::Close(Farewell::None, None);
+                    }
                     Err(oneshot::error::TryRecvError::Empty) => {
                         let websocket = shared.upgraded();
                         tracing::debug!(websocket, "connection upgraded");
+                        if let Some(at) = moving.take() {
+                            shared.stop_moving();
+                            shared.lock().policy.drain_started(at);
+                        }
                     }
                 }
             }
-            Event::Home(io) => return (Farewell::None, io),
+            Event::Home(io) => return End::Close(Farewell::None, io),
             Event::Cut => {
                 if conn.is_none() {
                     // The service holds the upgraded connection: end its
@@ -291,11 +367,11 @@ where
                     // SAFETY: shutdown on an open socket has no memory effects.
                     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
                 }
-                return (Farewell::None, None);
+                return End::Close(Farewell::None, None);
             }
             Event::DrainStarted(at) => {
                 drain_seen = true;
-                shared.lock().policy.drain_started(at);
+                moving = drain_started(shared, &ctx, at);
             }
             Event::Changed => {}
             Event::Reloaded(open) => {
@@ -320,7 +396,7 @@ where
                 let now = Instant::now();
                 let due = {
                     let mut state = shared.lock();
-                    match state.due() {
+                    match state.policy.due(&shared.activity()) {
                         Some((at, action)) if at <= now => {
                             state.policy.taken(action, now);
                             Some((action, state.policy.timeouts().websocket_close_code))
@@ -349,7 +425,7 @@ where
                         } else {
                             Farewell::None
                         };
-                        return (farewell, home.try_recv().ok());
+                        return End::Close(farewell, home.try_recv().ok());
                     }
                     Action::WebSocketClose => {
                         if !shared.send_close(fd, code) {
@@ -360,6 +436,17 @@ where
             }
         }
     }
+}
+
+/// Starts the connection's drain, or, when a new process replaces this one
+/// and the connection can move there, its move: returns the drain's start
+/// then.
+fn drain_started(shared: &Shared, ctx: &ConnectionContext, at: Instant) -> Option<Instant> {
+    if ctx.handoff.get().is_some() && shared.start_moving() {
+        return Some(at);
+    }
+    shared.lock().policy.drain_started(at);
+    None
 }
 
 /// hyper's connection, asked to end cleanly.

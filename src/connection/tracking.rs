@@ -13,10 +13,10 @@ use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HeaderValue};
@@ -27,7 +27,7 @@ use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 
-use super::policy::{Action, Activity, Policy, Protocol};
+use super::policy::{Activity, Policy, Protocol};
 use super::websocket::{self, OutgoingFrames};
 use crate::drain;
 
@@ -44,55 +44,124 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// request head starting, a request in flight, a response finished: none
 /// of them does, so a busy keep-alive connection costs one timer check per
 /// header timeout instead of several wake-ups per request.
+///
+/// What every request touches (bytes arriving, a request starting, a
+/// response ending) is in atomics, `hot`: no lock on a request's way. The
+/// lock guards the policy, which the task reads when it arms its timer,
+/// and what changes once per connection (the protocol found, an upgrade).
 pub(super) struct Shared {
     state: Mutex<State>,
+    hot: Hot,
     pub changed: Notify,
     /// Whether the server drains: a response produced then closes HTTP/1.
     drain: drain::Watch,
     /// Set once the connection is upgraded: writes then go through `ws`.
     upgraded: AtomicBool,
     ws: Mutex<WsOut>,
+    /// A response ended and hyper has not yet flushed it to the socket.
+    unflushed: AtomicBool,
+    /// The connection is to move to a new process at its next boundary:
+    /// a response ending and its flush wake the task.
+    moving: AtomicBool,
 }
 
 pub(super) struct State {
-    pub activity: Activity,
     pub policy: Policy,
     /// When the loop's timer fires; `None` when it armed none.
     pub armed: Option<Instant>,
-    /// Whether the client has sent anything at all.
-    pub heard: bool,
     /// Bytes of the HTTP/2 preface seen so far, while the protocol is unknown.
     sniffed: usize,
     /// The last response was `101` to a WebSocket request.
     websocket_accepted: bool,
 }
 
+/// The connection's activity as atomics: see [`Shared`]. Times are
+/// nanoseconds since `epoch`.
+struct Hot {
+    epoch: Instant,
+    in_flight: AtomicU32,
+    /// When the head in progress began, plus one; 0 when none is.
+    head_started: AtomicU64,
+    idle_since: AtomicU64,
+    /// Whether the client has sent anything at all.
+    heard: AtomicBool,
+    /// The protocol is not known yet: bytes arriving go through the sniff.
+    sniffing: AtomicBool,
+    /// The protocol is HTTP/1 (or not known yet).
+    http1: AtomicBool,
+    /// The policy may bring the next action forward (`Policy::may_hurry`):
+    /// a response ending then asks whether to wake the task. Kept by the
+    /// task each time it arms its timer.
+    hurry: AtomicBool,
+    /// Bytes arrived while the current request was in flight: its body,
+    /// or the next request ahead of its turn, perhaps in hyper's buffer.
+    read_in_flight: AtomicBool,
+    /// An HTTP/1 request began from bytes read before its turn: the client
+    /// pipelines, so hyper may hold bytes of its next request at any time.
+    pipelined: AtomicBool,
+}
+
+impl Hot {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            heard: AtomicBool::new(false),
+            sniffing: AtomicBool::new(true),
+            http1: AtomicBool::new(true),
+            hurry: AtomicBool::new(false),
+            read_in_flight: AtomicBool::new(false),
+            pipelined: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    fn activity(&self) -> Activity {
+        let head_started = self.head_started.load(Ordering::SeqCst);
+        Activity {
+            in_flight: self.in_flight.load(Ordering::SeqCst) as usize,
+            idle_since: self.at(self.idle_since.load(Ordering::SeqCst)),
+            head_started: (head_started != 0).then(|| self.at(head_started - 1)),
+        }
+    }
+}
+
+/// Whether an HTTP/1 connection can move to another process now, with
+/// nothing of it left in hyper's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Movable {
+    Now,
+    /// After the request in flight, or the head arriving.
+    Later,
+    /// Not HTTP/1, or a pipelining client: it drains here instead.
+    Never,
+}
+
 impl State {
     pub fn new(policy: Policy) -> Self {
         Self {
-            activity: Activity {
-                in_flight: 0,
-                idle_since: Instant::now(),
-                head_started: None,
-            },
             policy,
             armed: None,
-            heard: false,
             sniffed: 0,
             websocket_accepted: false,
         }
     }
 
-    pub fn due(&self) -> Option<(Instant, Action)> {
-        self.policy.due(&self.activity)
-    }
-
     /// Whether the next action is now due before the loop's timer would fire.
-    fn needs_wake(&self) -> bool {
+    fn needs_wake(&self, activity: &Activity) -> bool {
         if !self.policy.may_hurry() {
             return false;
         }
-        match (self.due(), self.armed) {
+        match (self.policy.due(activity), self.armed) {
             (Some((at, _)), Some(armed)) => at < armed,
             (Some(_), None) => true,
             (None, _) => false,
@@ -100,18 +169,20 @@ impl State {
     }
 
     /// Notes the first bytes of a connection: the HTTP/2 preface, or not.
-    fn sniff(&mut self, bytes: &[u8]) {
+    /// Returns the protocol once it is known.
+    fn sniff(&mut self, bytes: &[u8]) -> Option<Protocol> {
         let want = &H2_PREFACE[self.sniffed..];
         let n = bytes.len().min(want.len());
         if bytes[..n] != want[..n] {
             self.policy.set_protocol(Protocol::Http1);
-            return;
+            return Some(Protocol::Http1);
         }
         self.sniffed += n;
         if self.sniffed == H2_PREFACE.len() {
             self.policy.set_protocol(Protocol::Http2);
-            self.activity.head_started = None;
+            return Some(Protocol::Http2);
         }
+        None
     }
 }
 
@@ -153,11 +224,73 @@ impl Shared {
     pub fn new(state: State, drain: drain::Watch) -> Self {
         Self {
             state: Mutex::new(state),
+            hot: Hot::new(),
             changed: Notify::new(),
             drain,
             upgraded: AtomicBool::new(false),
             ws: Mutex::new(WsOut::default()),
+            unflushed: AtomicBool::new(false),
+            moving: AtomicBool::new(false),
         }
+    }
+
+    /// Asks the connection to move to a new process: returns whether it
+    /// may, and from now on the end of each response wakes its task.
+    pub fn start_moving(&self) -> bool {
+        let movable = self.movable() != Movable::Never;
+        self.moving.store(movable, Ordering::Release);
+        movable
+    }
+
+    /// The connection will not move after all (upgraded, or pipelining).
+    pub fn stop_moving(&self) {
+        self.moving.store(false, Ordering::Release);
+    }
+
+    /// Whether the connection can move now. Asked by the connection's task
+    /// between two polls of hyper, so hyper is not reading meanwhile.
+    ///
+    /// Now means: HTTP/1 (or nothing heard yet), no request in flight, no
+    /// byte of a next head read, nothing read during the last request, and
+    /// the last response flushed. hyper then holds nothing of the
+    /// connection: its read buffer is empty and its write buffer written.
+    pub fn movable(&self) -> Movable {
+        let hot = &self.hot;
+        if hot.pipelined.load(Ordering::SeqCst)
+            || !hot.http1.load(Ordering::SeqCst)
+            || self.upgraded.load(Ordering::SeqCst)
+        {
+            return Movable::Never;
+        }
+        if hot.in_flight.load(Ordering::SeqCst) > 0
+            || hot.head_started.load(Ordering::SeqCst) != 0
+            || hot.read_in_flight.load(Ordering::SeqCst)
+            || self.unflushed.load(Ordering::SeqCst)
+        {
+            return Movable::Later;
+        }
+        Movable::Now
+    }
+
+    /// What the policy needs to know of the connection's activity, now.
+    pub fn activity(&self) -> Activity {
+        self.hot.activity()
+    }
+
+    /// Whether the client has sent anything at all.
+    pub fn heard(&self) -> bool {
+        self.hot.heard.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the hot path's copy of `Policy::may_hurry`: the task calls it
+    /// with the lock held, each time it arms its timer.
+    pub fn set_hurry(&self, hurry: bool) {
+        self.hot.hurry.store(hurry, Ordering::SeqCst);
+    }
+
+    /// Whether the client ever pipelined.
+    fn pipelined(&self) -> bool {
+        self.hot.pipelined.load(Ordering::SeqCst)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -176,6 +309,7 @@ impl Shared {
             let mut state = self.lock();
             let websocket = state.websocket_accepted;
             state.policy.set_protocol(Protocol::Upgraded { websocket });
+            self.hot.http1.store(false, Ordering::SeqCst);
             websocket
         };
         self.upgraded.store(websocket, Ordering::Release);
@@ -221,26 +355,57 @@ impl Shared {
     /// A request started: it and a head starting never bring the next
     /// action before the loop's timer, so they skip the check `update` makes.
     pub fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
-        {
-            let mut state = self.lock();
-            state.activity.in_flight += 1;
-            state.activity.head_started = None;
-            if version == Version::HTTP_2 {
-                state.policy.set_protocol(Protocol::Http2);
+        let hot = &self.hot;
+        if version == Version::HTTP_2 {
+            if hot.http1.load(Ordering::SeqCst) {
+                // Only the first stream of a connection the sniff missed.
+                self.found(&mut self.lock(), Protocol::Http2);
             }
+        } else {
+            // Every HTTP/1 head that arrives in its turn, after the previous
+            // response, marks `head_started` (`bytes_arrived`).
+            if hot.head_started.swap(0, Ordering::SeqCst) == 0 {
+                hot.pipelined.store(true, Ordering::SeqCst);
+            }
+            hot.read_in_flight.store(false, Ordering::SeqCst);
         }
+        hot.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
 
-    fn bytes_arrived(&self, bytes: &[u8]) {
-        let mut state = self.lock();
-        state.heard = true;
-        if state.policy.protocol() == Protocol::Unknown {
-            state.sniff(bytes);
+    /// The protocol is known: the hot path stops sniffing, and only HTTP/1
+    /// keeps a head's start.
+    fn found(&self, state: &mut State, protocol: Protocol) {
+        state.policy.set_protocol(protocol);
+        self.hot
+            .http1
+            .store(protocol == Protocol::Http1, Ordering::SeqCst);
+        self.hot.sniffing.store(false, Ordering::SeqCst);
+        if protocol != Protocol::Http1 {
+            self.hot.head_started.store(0, Ordering::SeqCst);
         }
-        let http1 = matches!(state.policy.protocol(), Protocol::Unknown | Protocol::Http1);
-        if http1 && state.activity.in_flight == 0 && state.activity.head_started.is_none() {
-            state.activity.head_started = Some(Instant::now());
+    }
+
+    fn bytes_arrived(&self, bytes: &[u8]) {
+        let hot = &self.hot;
+        if !hot.heard.load(Ordering::Relaxed) {
+            hot.heard.store(true, Ordering::Relaxed);
+        }
+        if hot.sniffing.load(Ordering::SeqCst) {
+            let mut state = self.lock();
+            if state.policy.protocol() == Protocol::Unknown
+                && let Some(protocol) = state.sniff(bytes)
+            {
+                self.found(&mut state, protocol);
+            }
+        }
+        if !hot.http1.load(Ordering::SeqCst) {
+            return;
+        }
+        if hot.in_flight.load(Ordering::SeqCst) > 0 {
+            hot.read_in_flight.store(true, Ordering::SeqCst);
+        } else if hot.head_started.load(Ordering::SeqCst) == 0 {
+            hot.head_started.store(hot.now() + 1, Ordering::SeqCst);
         }
     }
 }
@@ -250,15 +415,19 @@ pub(super) struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.activity.in_flight -= 1;
-        if state.activity.in_flight == 0 {
-            state.activity.idle_since = Instant::now();
-        }
-        let wake = state.needs_wake();
-        drop(state);
+        // hyper drops the body before it writes its end: the response is
+        // on the socket only at the next flush.
+        let shared = &self.0;
+        let hot = &shared.hot;
+        shared.unflushed.store(true, Ordering::SeqCst);
+        // Stored by every response: the policy reads it only once none is
+        // in flight, and then it is the last one's end.
+        hot.idle_since.store(hot.now(), Ordering::SeqCst);
+        hot.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let wake = shared.moving.load(Ordering::SeqCst)
+            || (hot.hurry.load(Ordering::SeqCst) && shared.lock().needs_wake(&hot.activity()));
         if wake {
-            self.0.changed.notify_one();
+            shared.changed.notify_one();
         }
     }
 }
@@ -380,7 +549,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self.io()).poll_flush(cx)
+        let polled = Pin::new(self.io()).poll_flush(cx);
+        // hyper flushes the IO only once its own write buffer is empty.
+        if matches!(polled, Poll::Ready(Ok(()))) && self.shared.unflushed.load(Ordering::Relaxed) {
+            self.shared.unflushed.store(false, Ordering::Release);
+            if self.shared.moving.load(Ordering::Acquire) {
+                self.shared.changed.notify_one();
+            }
+        }
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -462,7 +639,12 @@ where
                     // here, on the rare upgrade, not on every request.
                     shared.lock().websocket_accepted =
                         websocket::is_websocket_upgrade(&parts.headers);
-                } else if *version < Version::HTTP_2 && shared.drain.is_draining() {
+                } else if *version < Version::HTTP_2
+                    && shared.drain.is_draining()
+                    && (!shared.drain.is_handing_over() || shared.pipelined())
+                {
+                    // A connection that moves to the new process at its next
+                    // boundary stays open: its client never hears of the deploy.
                     close_after(&mut parts, *version);
                 }
                 Poll::Ready(Ok(Response::from_parts(
