@@ -17,12 +17,19 @@
 //!    (wrk), both servers;
 //! 6. `websockets`: a drain with 1,000 open WebSockets: RSS per idle
 //!    WebSocket, SIGTERM to the last Close and to exit ([`websockets`]);
-//! 7. `systemd`, under a booted systemd with the real units: RSS per
+//! 7. `reload`: an in-place reload (`kill -USR1`) of a standalone app
+//!    holding 1,000 idle keep-alive connections: time to hand them over,
+//!    whether each still answers on its TCP connection, the new process's
+//!    RSS ([`reload`]);
+//! 8. `systemd`, under a booted systemd with the real units: RSS per
 //!    instance idle and under load, the time one rollout of two instances
-//!    takes with no traffic, and scaling with the number of instances (1, 2,
-//!    4); then deploys: a fixed-rate load across 10 rollouts: errors, latency
-//!    during the rollouts against steady state, the throughput dip, and a
-//!    plot of latency over time with each rollout marked.
+//!    takes with no traffic (by reload and by restart), and scaling with the
+//!    number of instances (1, 2, 4); one instance reloaded and restarted
+//!    under load ([`reload`]); then deploys: a fixed-rate load across 10
+//!    rollouts by reload (`app rollout`), 10 by restart (`app rollout
+//!    --restart`) and 10 control restarts, interleaved: errors, latency
+//!    during each against steady state and the control, the throughput dip,
+//!    and a plot of latency over time with each rollout marked.
 //!
 //! It writes `benches/results/RESULTS.md` and `benches/results/rollouts.svg`,
 //! and puts the same table into docs/figures.md between its `bench-results`
@@ -37,6 +44,8 @@ mod support;
 mod callgrind;
 #[path = "kit/h2.rs"]
 mod h2;
+#[path = "kit/reload.rs"]
+mod reload;
 #[path = "kit/websockets.rs"]
 mod websockets;
 
@@ -78,13 +87,14 @@ const BUCKET: Duration = Duration::from_millis(100);
 /// The sections, by the names `cargo bench --bench kit -- NAME...` takes to
 /// run only some of them (then the results, docs/figures.md and the committed
 /// plot are left alone; the plot goes under the target directory).
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "start",
     "steady",
     "callgrind",
     "h2",
     "connections",
     "websockets",
+    "reload",
     "systemd",
 ];
 
@@ -154,6 +164,13 @@ fn main() {
             websockets::SOCKETS
         ));
         report.websocket_drains = websockets::measure(&app);
+    }
+    if runs("reload") {
+        heading(&format!(
+            "an in-place reload holding {} idle keep-alive connections",
+            reload::CONNECTIONS
+        ));
+        report.handovers = reload::handovers(&app);
     }
     if runs("systemd") {
         match boot_blocker() {
@@ -239,11 +256,14 @@ struct Report {
     unit_idle_rss_kib: Vec<u64>,
     unit_load_rss_kib: Vec<u64>,
     rollout_idle: Vec<Duration>,
+    rollout_idle_restart: Vec<Duration>,
     instances: Vec<(u32, Wrk)>,
+    single_instance: Option<reload::SingleInstance>,
     deploy: Option<Deploy>,
     instructions: Vec<callgrind::Figures>,
     h2: Option<h2::Figures>,
     websocket_drains: Vec<websockets::Drain>,
+    handovers: Vec<reload::Handover>,
     skipped: Option<String>,
 }
 
@@ -259,20 +279,54 @@ struct Wrk {
 
 struct Deploy {
     steady: Window,
-    rollouts: Window,
-    rollouts_took: Duration,
+    /// `app rollout` (each instance reloaded) and `app rollout --restart`.
+    reload: Rollouts,
+    restart: Rollouts,
+    /// Failed requests over the whole run.
     errors: u64,
     error_kinds: String,
     offered_rps: f64,
     steady_rps: f64,
-    min_bucket_rps: f64,
-    /// Share of the machine's CPU in use: steady, and during the rollouts.
+    /// Share of the machine's CPU in use: steady, and during the rollouts
+    /// by reload.
     cpu_steady: f64,
     cpu_rollouts: f64,
     /// Requests due while two sandboxed units that serve nothing restarted.
     control: Window,
+}
+
+/// One kind of rollout, `ROLLOUTS` of them under the deploy load.
+struct Rollouts {
+    /// Requests due during the rollouts.
+    window: Window,
+    took: Duration,
+    /// Failed requests due from each rollout's start to the next step.
+    errors: usize,
     /// During the rollouts: first requests on a connection, and the rest.
     by_connection: (Window, Window),
+    /// Connections the keep-alive clients opened from each rollout's start
+    /// to the next step (a rollout that keeps them open opens none).
+    reconnects: usize,
+    min_bucket_rps: f64,
+}
+
+impl Rollouts {
+    fn show(&self, what: &str) {
+        println!(
+            "{ROLLOUTS} rollouts by {what} ({:?}): {}; errors {}",
+            self.took, self.window, self.errors
+        );
+        println!(
+            "  first request on a connection: {} requests, p99 {}; later ones: {} requests, p99 {}; \
+             keep-alive clients' new connections {}; lowest {BUCKET:?} bucket {:.0} req/s",
+            self.by_connection.0.requests,
+            ms(self.by_connection.0.p99),
+            self.by_connection.1.requests,
+            ms(self.by_connection.1.p99),
+            self.reconnects,
+            self.min_bucket_rps
+        );
+    }
 }
 
 struct Window {
@@ -575,13 +629,27 @@ fn unit_rss(sd: &SystemdBox, unit: &str) -> (u64, u64) {
     rss_from_status(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn rollout(sd: &SystemdBox) -> Duration {
+/// How `app rollout` replaces each instance.
+#[derive(Clone, Copy)]
+enum Rollout {
+    /// `systemctl reload`: in place, connections moved (the default).
+    Reload,
+    /// `systemctl restart`: `--restart`.
+    Restart,
+}
+
+fn rollout(sd: &SystemdBox, how: Rollout) -> Duration {
+    let args: &[&str] = match how {
+        Rollout::Reload => &["rollout"],
+        Rollout::Restart => &["rollout", "--restart"],
+    };
     let started = Instant::now();
-    let out = sd.run("/usr/bin/app", &["rollout"]);
+    let out = sd.run("/usr/bin/app", args);
     let took = started.elapsed();
     assert!(
         out.status.success(),
-        "rollout failed: {}{}",
+        "app {} failed: {}{}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -613,11 +681,15 @@ fn under_systemd(report: &mut Report, full_run: bool) {
             .join(", ")
     );
     for _ in 0..5 {
-        report.rollout_idle.push(rollout(&sd));
+        report.rollout_idle.push(rollout(&sd, Rollout::Reload));
+        report
+            .rollout_idle_restart
+            .push(rollout(&sd, Rollout::Restart));
     }
     println!(
-        "one rollout of 2 instances, no traffic: median {:?} of 5",
-        median(&report.rollout_idle)
+        "one rollout of 2 instances, no traffic: median of 5 by reload {:?}, by restart {:?}",
+        median(&report.rollout_idle),
+        median(&report.rollout_idle_restart)
     );
 
     for instances in INSTANCE_STEPS {
@@ -648,6 +720,7 @@ fn under_systemd(report: &mut Report, full_run: bool) {
             .join(", ")
     );
 
+    report.single_instance = Some(reload::single_instance(&sd, addr));
     report.deploy = Some(deploys(&sd, addr, full_run));
 }
 
@@ -700,62 +773,71 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr, full_run: bool) -> Deploy {
     let offered_rps = clients as f64 / PACE.as_secs_f64();
     println!(
         "fixed rate: {clients} clients ({KEEP_ALIVE_CLIENTS} keep-alive, {NEW_CONN_CLIENTS} new \
-         connection per request), {offered_rps:.0} req/s; {ROLLOUTS} rollouts after {STEADY_WINDOW:?}"
+         connection per request), {offered_rps:.0} req/s; after {STEADY_WINDOW:?}, {ROLLOUTS} \
+         times: a rollout by reload, one by restart, a control"
     );
-    let (t0, marks, cpu, mut counts) = runtime.block_on(async {
+    let (t0, spans, cpu, mut keep_alive, new_conn) = runtime.block_on(async {
         let t0 = Instant::now();
-        let load = Load::start(addr, "/", KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
+        // Two loads, so the keep-alive clients' new connections can be
+        // counted apart from the new-connection clients'.
+        let keep_alive = Load::start(addr, "/", KEEP_ALIVE_CLIENTS, 0, PACE);
+        let new_conn = Load::start(addr, "/", 0, NEW_CONN_CLIENTS, PACE);
         // Measurement windows, not synchronisation: steady state first.
         tokio::time::sleep(WARM_UP).await;
         let steady_cpu = CpuTimes::now();
         tokio::time::sleep(STEADY_WINDOW - WARM_UP).await;
         let steady_cpu = steady_cpu.busy_since();
-        let mut marks = Vec::new();
+        // Interleaved, so a drift in the machine's load weighs on the
+        // three alike. The control: the same number of restarts of
+        // sandboxed units that serve nothing, at the same spacing.
+        let mut spans = [Vec::new(), Vec::new(), Vec::new()];
         let mut rollout_cpu = (0u64, 0u64);
         for i in 0..ROLLOUTS {
-            if i > 0 {
-                tokio::time::sleep(BETWEEN_ROLLOUTS).await;
+            for (step, spans) in spans.iter_mut().enumerate() {
+                if i > 0 || step > 0 {
+                    tokio::time::sleep(BETWEEN_ROLLOUTS).await;
+                }
+                let sd = sd.clone();
+                let cpu = CpuTimes::now();
+                let started = Instant::now();
+                tokio::task::spawn_blocking(move || match step {
+                    0 => _ = rollout(&sd, Rollout::Reload),
+                    1 => _ = rollout(&sd, Rollout::Restart),
+                    _ => restart_idle(&sd),
+                })
+                .await
+                .unwrap();
+                spans.push((started, Instant::now()));
+                if step == 0 {
+                    let (busy, total) = cpu.busy_and_total_since();
+                    rollout_cpu = (rollout_cpu.0 + busy, rollout_cpu.1 + total);
+                }
             }
-            let sd = sd.clone();
-            let cpu = CpuTimes::now();
-            let started = Instant::now();
-            tokio::task::spawn_blocking(move || rollout(&sd))
-                .await
-                .unwrap();
-            marks.push((started, Instant::now()));
-            let (busy, total) = cpu.busy_and_total_since();
-            rollout_cpu = (rollout_cpu.0 + busy, rollout_cpu.1 + total);
-        }
-        // The control: the same number of restarts of sandboxed units that
-        // serve nothing, at the same spacing.
-        let mut controls = Vec::new();
-        for _ in 0..ROLLOUTS {
-            tokio::time::sleep(BETWEEN_ROLLOUTS).await;
-            let sd = sd.clone();
-            let started = Instant::now();
-            tokio::task::spawn_blocking(move || restart_idle(&sd))
-                .await
-                .unwrap();
-            controls.push((started, Instant::now()));
         }
         tokio::time::sleep(TAIL).await;
         let rollout_cpu = rollout_cpu.0 as f64 / rollout_cpu.1.max(1) as f64;
         (
             t0,
-            (marks, controls),
+            spans,
             (steady_cpu, rollout_cpu),
-            load.stop().await,
+            keep_alive.stop().await,
+            new_conn.stop().await,
         )
     });
-    let (marks, controls) = marks;
-    let first = marks[0].0;
-    let timeline = std::mem::take(&mut counts.timeline);
+    let [reloads, restarts, controls] = spans;
+    println!(
+        "errors by client: keep-alive {:?}; new connection per request {:?}",
+        keep_alive.errors, new_conn.errors
+    );
+    let keep_alive_timeline = std::mem::take(&mut keep_alive.timeline);
+    let mut counts = keep_alive;
+    counts.merge(new_conn);
+    let mut timeline = std::mem::take(&mut counts.timeline);
+    timeline.extend(keep_alive_timeline.iter().copied());
+    timeline.sort_by_key(|s| s.due);
+    let first = reloads[0].0;
     let steady = window(&timeline, &[(t0 + WARM_UP, first)]);
-    let rollouts = window(&timeline, &marks);
     let control = window(&timeline, &controls);
-    let fresh: Vec<Sample> = timeline.iter().copied().filter(|s| s.fresh).collect();
-    let reused: Vec<Sample> = timeline.iter().copied().filter(|s| !s.fresh).collect();
-    let by_connection = (window(&fresh, &marks), window(&reused, &marks));
 
     // Throughput: 2xx responses completed per bucket.
     let bucket_rps = |from: Instant, to: Instant| -> Vec<f64> {
@@ -777,47 +859,65 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr, full_run: bool) -> Deploy {
     };
     let steady_buckets = bucket_rps(t0 + WARM_UP, first);
     let steady_rps = steady_buckets.iter().sum::<f64>() / steady_buckets.len() as f64;
-    let min_bucket_rps = marks
-        .iter()
-        .flat_map(|(from, to)| bucket_rps(*from, *to))
-        .fold(f64::INFINITY, f64::min);
-    let errors = timeline.iter().filter(|s| !s.ok).count() as u64;
+    let rollouts = |spans: &[(Instant, Instant)]| {
+        // A closed connection shows at the client's next request, after the
+        // rollout: count up to the next step.
+        let until_next: Vec<(Instant, Instant)> = spans
+            .iter()
+            .map(|(from, to)| (*from, *to + BETWEEN_ROLLOUTS))
+            .collect();
+        let within = |s: &Sample| {
+            until_next
+                .iter()
+                .any(|(from, to)| s.due >= *from && s.due < *to)
+        };
+        let fresh: Vec<Sample> = timeline.iter().copied().filter(|s| s.fresh).collect();
+        let reused: Vec<Sample> = timeline.iter().copied().filter(|s| !s.fresh).collect();
+        Rollouts {
+            window: window(&timeline, spans),
+            took: spans.iter().map(|(from, to)| *to - *from).sum(),
+            errors: timeline.iter().filter(|s| !s.ok && within(s)).count(),
+            by_connection: (window(&fresh, spans), window(&reused, spans)),
+            reconnects: keep_alive_timeline
+                .iter()
+                .filter(|s| s.fresh && s.ok && within(s))
+                .count(),
+            min_bucket_rps: spans
+                .iter()
+                .flat_map(|(from, to)| bucket_rps(*from, *to))
+                .fold(f64::INFINITY, f64::min),
+        }
+    };
     let deploy = Deploy {
         steady,
-        rollouts,
-        rollouts_took: marks.iter().map(|(from, to)| *to - *from).sum(),
-        errors,
+        reload: rollouts(&reloads),
+        restart: rollouts(&restarts),
+        errors: timeline.iter().filter(|s| !s.ok).count() as u64,
         error_kinds: format!("{:?}", counts.errors),
         offered_rps,
         steady_rps,
-        min_bucket_rps,
         cpu_steady: cpu.0,
         cpu_rollouts: cpu.1,
         control,
-        by_connection,
     };
     println!("steady: {}", deploy.steady);
-    println!(
-        "{ROLLOUTS} rollouts ({:?}): {}; errors {} {}",
-        deploy.rollouts_took, deploy.rollouts, deploy.errors, deploy.error_kinds
-    );
-    println!(
-        "throughput: steady {:.0} req/s; lowest {BUCKET:?} bucket during rollouts {:.0} req/s",
-        deploy.steady_rps, deploy.min_bucket_rps
-    );
-    println!(
-        "during rollouts, first request on a connection: {} requests, p99 {}; later ones: {} requests, p99 {}",
-        deploy.by_connection.0.requests,
-        ms(deploy.by_connection.0.p99),
-        deploy.by_connection.1.requests,
-        ms(deploy.by_connection.1.p99)
-    );
+    deploy.reload.show("reload (app rollout)");
+    deploy.restart.show("restart (app rollout --restart)");
     println!(
         "control, {ROLLOUTS} restarts of 2 sandboxed units serving nothing: {}",
         deploy.control
     );
+    let control_p99 = deploy.control.p99.as_secs_f64();
     println!(
-        "CPU in use (whole machine): steady {:.0}%, during rollouts {:.0}%",
+        "p99 against the control: reload {:.2}x, restart {:.2}x; errors over the whole run {} {}",
+        deploy.reload.window.p99.as_secs_f64() / control_p99,
+        deploy.restart.window.p99.as_secs_f64() / control_p99,
+        deploy.errors,
+        deploy.error_kinds
+    );
+    println!(
+        "throughput: steady {:.0} req/s; CPU in use (whole machine): steady {:.0}%, during rollouts by reload {:.0}%",
+        deploy.steady_rps,
         deploy.cpu_steady * 100.0,
         deploy.cpu_rollouts * 100.0
     );
@@ -828,7 +928,7 @@ fn deploys(sd: &Arc<SystemdBox>, addr: SocketAddr, full_run: bool) -> Deploy {
     } else {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("rollouts.svg")
     };
-    draw(&plot, &timeline, t0, &marks, &controls);
+    draw(&plot, &timeline, t0, &reloads, &restarts, &controls);
     println!("plot: {}", plot.display());
     deploy
 }
@@ -898,7 +998,8 @@ fn draw(
     path: &Path,
     timeline: &[Sample],
     t0: Instant,
-    marks: &[(Instant, Instant)],
+    reloads: &[(Instant, Instant)],
+    restarts: &[(Instant, Instant)],
     controls: &[(Instant, Instant)],
 ) {
     use plotters::prelude::*;
@@ -934,8 +1035,9 @@ fn draw(
     let mut chart = ChartBuilder::on(&area)
         .caption(
             format!(
-                "Latency across {} rollouts of 2 instances, then {} control restarts, fixed-rate load (per {} ms)",
-                marks.len(),
+                "Latency over {} rollouts of 2 instances by reload, {} by restart, {} control restarts (per {} ms)",
+                reloads.len(),
+                restarts.len(),
                 controls.len(),
                 BUCKET.as_millis()
             ),
@@ -955,9 +1057,14 @@ fn draw(
         .unwrap();
     for (spans, color, name) in [
         (
-            marks,
+            reloads,
+            RGBColor(120, 200, 255).mix(0.45),
+            "a rollout by reload (app rollout)",
+        ),
+        (
+            restarts,
             RGBColor(255, 200, 120).mix(0.45),
-            "a rollout (app rollout)",
+            "a rollout by restart (app rollout --restart)",
         ),
         (
             controls,
@@ -1132,68 +1239,25 @@ impl Report {
         for drain in &self.websocket_drains {
             let _ = writeln!(t, "{}", drain.row());
         }
+        if !self.handovers.is_empty() {
+            for row in reload::handover_rows(&self.handovers) {
+                let _ = writeln!(t, "{row}");
+            }
+        }
         if !self.rollout_idle.is_empty() {
             let _ = writeln!(
                 t,
-                "| one rollout of 2 instances, no traffic (`app rollout`, median of {}) | {} | |",
+                "| one rollout of 2 instances, no traffic (median of {}) | by reload (`app rollout`) {}, by restart (`app rollout --restart`) {} | |",
                 self.rollout_idle.len(),
-                ms(median(&self.rollout_idle))
+                ms(median(&self.rollout_idle)),
+                ms(median(&self.rollout_idle_restart))
             );
         }
+        if let Some(single) = &self.single_instance {
+            let _ = writeln!(t, "{}", single.row());
+        }
         if let Some(d) = &self.deploy {
-            let _ = writeln!(
-                t,
-                "| {ROLLOUTS} rollouts, {BETWEEN_ROLLOUTS:?} apart, under {:.0} req/s fixed-rate load ({} clients) | {} requests due during the rollouts ({:.1} s in all), **{} errors** over the whole run | 0: {} |",
-                d.offered_rps,
-                KEEP_ALIVE_CLIENTS + NEW_CONN_CLIENTS,
-                d.rollouts.requests,
-                d.rollouts_took.as_secs_f64(),
-                d.errors,
-                verdict(d.errors == 0)
-            );
-            let ratio = d.rollouts.p99.as_secs_f64() / d.steady.p99.as_secs_f64();
-            let _ = writeln!(
-                t,
-                "| latency during rollouts vs steady | p50 {} vs {}, p99 {} vs {} (**{ratio:.2}×**), max {} vs {} | p99 ≤ 1.5×: {}; max < 1 s: {} |",
-                ms(d.rollouts.p50),
-                ms(d.steady.p50),
-                ms(d.rollouts.p99),
-                ms(d.steady.p99),
-                ms(d.rollouts.max),
-                ms(d.steady.max),
-                verdict(ratio <= 1.5),
-                verdict(d.rollouts.max < Duration::from_secs(1))
-            );
-            let _ = writeln!(
-                t,
-                "| throughput dip during rollouts | lowest {} ms bucket {:.0} req/s vs steady {:.0} req/s (**{:.0}%** of steady) | |",
-                BUCKET.as_millis(),
-                d.min_bucket_rps,
-                d.steady_rps,
-                100.0 * d.min_bucket_rps / d.steady_rps
-            );
-            let _ = writeln!(
-                t,
-                "| during rollouts: first request on a connection vs later ones | p99 {} ({} requests) vs {} ({} requests) | |",
-                ms(d.by_connection.0.p99),
-                d.by_connection.0.requests,
-                ms(d.by_connection.1.p99),
-                d.by_connection.1.requests
-            );
-            let _ = writeln!(
-                t,
-                "| control: {ROLLOUTS} restarts of 2 units with app@'s sandbox serving nothing, same load | p50 {} p99 {} max {} (p99 {:.2}× steady) | |",
-                ms(d.control.p50),
-                ms(d.control.p99),
-                ms(d.control.max),
-                d.control.p99.as_secs_f64() / d.steady.p99.as_secs_f64()
-            );
-            let _ = writeln!(
-                t,
-                "| machine CPU in use, steady vs during rollouts | {:.0}% vs {:.0}% | |",
-                d.cpu_steady * 100.0,
-                d.cpu_rollouts * 100.0
-            );
+            self.deploy_rows(&mut t, d);
         }
         let _ = writeln!(t);
         let _ = writeln!(
@@ -1244,6 +1308,81 @@ impl Report {
             let _ = writeln!(t, "The systemd sections did not run: {why}.");
         }
         t
+    }
+
+    fn deploy_rows(&self, t: &mut String, d: &Deploy) {
+        let (reload, restart) = (&d.reload, &d.restart);
+        let _ = writeln!(
+            t,
+            "| {ROLLOUTS} rollouts by reload and {ROLLOUTS} by restart, interleaved with {ROLLOUTS} control restarts, {BETWEEN_ROLLOUTS:?} apart, under {:.0} req/s fixed-rate load ({} clients) | {} and {} requests due during them ({:.1} s and {:.1} s in all); errors from a rollout's start to the next step: reload **{}**, restart **{}**; **{} errors** over the whole run | 0: {} |",
+            d.offered_rps,
+            KEEP_ALIVE_CLIENTS + NEW_CONN_CLIENTS,
+            reload.window.requests,
+            restart.window.requests,
+            reload.took.as_secs_f64(),
+            restart.took.as_secs_f64(),
+            reload.errors,
+            restart.errors,
+            d.errors,
+            verdict(d.errors == 0)
+        );
+        let control = d.control.p99.as_secs_f64();
+        let (reload_ratio, restart_ratio) = (
+            reload.window.p99.as_secs_f64() / control,
+            restart.window.p99.as_secs_f64() / control,
+        );
+        let _ = writeln!(
+            t,
+            "| p99 during rollouts vs the control ({ROLLOUTS} restarts of 2 units with app@'s sandbox serving nothing, same load: p50 {} p99 {} max {}) | by reload p99 {} (**{reload_ratio:.2}×**), max {}; by restart p99 {} ({restart_ratio:.2}×), max {} | reload ≤ 1.2×: {} |",
+            ms(d.control.p50),
+            ms(d.control.p99),
+            ms(d.control.max),
+            ms(reload.window.p99),
+            ms(reload.window.max),
+            ms(restart.window.p99),
+            ms(restart.window.max),
+            verdict(reload_ratio <= 1.2)
+        );
+        let ratio = reload.window.p99.as_secs_f64() / d.steady.p99.as_secs_f64();
+        let _ = writeln!(
+            t,
+            "| latency during rollouts by reload vs steady | p50 {} vs {}, p99 {} vs {} (**{ratio:.2}×**), max {} vs {} | p99 ≤ 1.5×: {}; max < 1 s: {} |",
+            ms(reload.window.p50),
+            ms(d.steady.p50),
+            ms(reload.window.p99),
+            ms(d.steady.p99),
+            ms(reload.window.max),
+            ms(d.steady.max),
+            verdict(ratio <= 1.5),
+            verdict(reload.window.max < Duration::from_secs(1))
+        );
+        let _ = writeln!(
+            t,
+            "| throughput dip during rollouts (lowest {} ms bucket, steady {:.0} req/s) | by reload {:.0} req/s (**{:.0}%** of steady), by restart {:.0} req/s ({:.0}%) | |",
+            BUCKET.as_millis(),
+            d.steady_rps,
+            reload.min_bucket_rps,
+            100.0 * reload.min_bucket_rps / d.steady_rps,
+            restart.min_bucket_rps,
+            100.0 * restart.min_bucket_rps / d.steady_rps
+        );
+        for (how, r) in [("reload", reload), ("restart", restart)] {
+            let _ = writeln!(
+                t,
+                "| during rollouts by {how}: first request on a connection vs later ones; new connections the {KEEP_ALIVE_CLIENTS} keep-alive clients opened | p99 {} ({} requests) vs {} ({} requests); **{}** new keep-alive connections | |",
+                ms(r.by_connection.0.p99),
+                r.by_connection.0.requests,
+                ms(r.by_connection.1.p99),
+                r.by_connection.1.requests,
+                r.reconnects
+            );
+        }
+        let _ = writeln!(
+            t,
+            "| machine CPU in use, steady vs during rollouts by reload | {:.0}% vs {:.0}% | |",
+            d.cpu_steady * 100.0,
+            d.cpu_rollouts * 100.0
+        );
     }
 
     fn write(&self, root: &Path) {

@@ -323,6 +323,9 @@ impl<T: ServiceSettings> Lifecycle<T> {
             }
         };
         tokio::pin!(handing);
+        // A stop during the handover signals every process of the unit: this
+        // one is draining already and goes on; a second signal cuts it.
+        let mut signalled = false;
         loop {
             tokio::select! {
                 (report, (moved, stayed)) = &mut handing => {
@@ -336,9 +339,13 @@ impl<T: ServiceSettings> Lifecycle<T> {
                     return if report.is_clean() { Outcome::Clean(report) } else { Outcome::Cut(report) };
                 }
                 intent = intents.recv() => match intent {
-                    Some(Intent::Drain(signal)) => {
-                        tracing::warn!(signal, "drain signal during the handover: exiting without waiting");
+                    Some(Intent::Drain(signal)) if signalled => {
+                        tracing::warn!(signal, "second drain signal during the handover: exiting without waiting");
                         return Outcome::Forced { connections };
+                    }
+                    Some(Intent::Drain(signal)) => {
+                        signalled = true;
+                        tracing::info!(signal, "drain signal during the handover: finishing it");
                     }
                     Some(Intent::Replace { reply_to }) => answer(reply_to, false),
                     Some(Intent::Reload) | None => {}

@@ -175,6 +175,10 @@ impl<T: ServiceSettings> Service<T> {
         argv: impl IntoIterator<Item = OsString>,
         serve: impl FnOnce(&ServiceName, ServeArgs) -> Result<ExitCode, Failure>,
     ) -> ExitCode {
+        // A reload's intermediate process starts the new one and exits.
+        if let Some(code) = crate::replace::intermediate() {
+            return code;
+        }
         let name = match ServiceName::new(self.name) {
             Ok(name) => name,
             Err(err) => return report(self.name, &Failure::Name(err)),

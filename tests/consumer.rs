@@ -3,7 +3,7 @@
 //! booted systemd, its own rendered units and its own verbs deploy it the
 //! way the kit deploys `app`: ten rollouts under load lose nothing, its
 //! journal lines carry its name, and its `.deb` installs, upgrades as a
-//! rolling restart under load, and removes and purges cleanly.
+//! rolling in-place reload under load, and removes and purges cleanly.
 
 mod support;
 
@@ -95,13 +95,13 @@ fn run(sd: &SystemdBox, program: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The output shows a rolling restart of both instances: orders@1 restarted
+/// The output shows a rolling reload of both instances: orders@1 replaced
 /// and ready before orders@2 was touched, then orders@2, then done.
 fn assert_rolled_one_at_a_time(output: &str) {
     let steps = [
-        format!("rollout: restart {NAME}@1.service (pid "),
+        format!("rollout: reload {NAME}@1.service (pid "),
         format!("rollout: {NAME}@1.service ready in "),
-        format!("rollout: restart {NAME}@2.service (pid "),
+        format!("rollout: reload {NAME}@2.service (pid "),
         format!("rollout: {NAME}@2.service ready in "),
         "rollout: done, 2 instances".to_owned(),
     ];
@@ -117,8 +117,9 @@ fn assert_rolled_one_at_a_time(output: &str) {
 /// From the instances' own journal lines (`journalctl -t orders`, in the
 /// order journald received them): once an instance is up, some instance
 /// always accepts. A process accepts from before its "ready" line until
-/// after its "drain started" line, so counting it from the one to the other
-/// errs towards finding a gap. (Zero errors under load alone would not show
+/// after its "drain started" line (a stop), or its line saying its
+/// successor serves (an in-place reload), so counting it from the one to
+/// the other errs towards finding a gap. (Zero errors under load alone would not show
 /// one: connections wait in the socket's queue while no instance accepts.)
 /// Returns how many drains were checked.
 fn assert_one_always_accepting(entries: &[serde_json::Value], phase: &str) -> usize {
@@ -129,7 +130,11 @@ fn assert_one_always_accepting(entries: &[serde_json::Value], phase: &str) -> us
         let unit = entry["_SYSTEMD_UNIT"].as_str().unwrap_or("?");
         if entry["MESSAGE"] == "ready" {
             accepting.insert(pid);
-        } else if entry["MESSAGE"] == "drain started" {
+        } else if entry["MESSAGE"] == "drain started"
+            || entry["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("reload: the new process serves"))
+        {
             assert!(
                 accepting.remove(&pid),
                 "{phase}: {unit} (pid {pid}) drained unstarted"
@@ -144,8 +149,10 @@ fn assert_one_always_accepting(entries: &[serde_json::Value], phase: &str) -> us
     drains
 }
 
-/// Ten `orders rollout`s under load: nothing lost, both instances on new
-/// processes after each, and the journal lines under the consumer's name.
+/// Ten `orders rollout`s under load: nothing lost, both instances replaced
+/// in place by new processes after each (the consumer gets the kit's
+/// in-place reload without a line of its own), and the journal lines under
+/// the consumer's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_rolls_out_ten_times_under_load_and_logs_as_orders() {
     let test = "orders_rolls_out_ten_times_under_load_and_logs_as_orders";
@@ -206,7 +213,7 @@ async fn orders_rolls_out_ten_times_under_load_and_logs_as_orders() {
     })
     .await;
     let drains = assert_one_always_accepting(&ours, "10 rollouts");
-    assert_eq!(drains, 20, "a drain per instance per rollout");
+    assert_eq!(drains, 20, "a handover per instance per rollout");
     let mut ready: BTreeMap<String, usize> = BTreeMap::new();
     for entry in &ours {
         if entry["MESSAGE"] == "ready" {
@@ -332,11 +339,11 @@ fn exists(sd: &SystemdBox, path: &str) -> bool {
 }
 
 /// The consumer's `.deb`: installed, it serves from two instances; upgraded
-/// under load, it restarts them one at a time onto the new file, losing
+/// under load, it reloads them one at a time onto the new file, losing
 /// nothing; removed, nothing runs; purged, nothing of it is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_deb_installs_upgrades_as_a_rolling_restart_and_purges() {
-    let test = "orders_deb_installs_upgrades_as_a_rolling_restart_and_purges";
+async fn orders_deb_installs_upgrades_as_a_rolling_reload_and_purges() {
+    let test = "orders_deb_installs_upgrades_as_a_rolling_reload_and_purges";
     if !can_boot(test) {
         return;
     }
@@ -385,7 +392,7 @@ async fn orders_deb_installs_upgrades_as_a_rolling_restart_and_purges() {
     );
     let after = blocking(&sd, pids).await;
     for (i, (old, new)) in before.iter().zip(&after).enumerate() {
-        assert_ne!(old, new, "{NAME}@{} was not restarted", i + 1);
+        assert_ne!(old, new, "{NAME}@{} was not replaced", i + 1);
         // The new process runs the file the upgrade installed, not the
         // replaced one (which /proc shows as deleted).
         assert_eq!(exe(&sd, new), "/usr/bin/orders", "{NAME}@{}", i + 1);
@@ -416,16 +423,25 @@ async fn orders_deb_installs_upgrades_as_a_rolling_restart_and_purges() {
         "remove left /usr/bin/orders"
     );
     let entries = blocking(&sd, |sd| sd.journal_entries(&["-t", NAME])).await;
-    let drained: Vec<&str> = entries
-        .iter()
-        .filter(|e| e["MESSAGE"] == "drain finished")
-        .filter_map(|e| e["_SYSTEMD_UNIT"].as_str())
-        .collect();
-    // Each instance once at the upgrade, once at the removal.
+    let count = |message: &str| {
+        entries
+            .iter()
+            .filter(|e| {
+                e["MESSAGE"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .filter_map(|e| e["_SYSTEMD_UNIT"].as_str())
+            .collect::<Vec<_>>()
+    };
+    let (handed, drained) = (count("reload: handover finished"), count("drain finished"));
+    // Each instance hands over once at the upgrade (an in-place reload) and
+    // drains once at the removal.
     assert_eq!(
-        drained.len(),
-        4,
-        "each instance drains cleanly on upgrade and on removal: {drained:?}\n{}",
+        (handed.len(), drained.len()),
+        (2, 2),
+        "each instance hands over on upgrade and drains cleanly on removal: \
+         {handed:?} {drained:?}\n{}",
         sd.journal(&[])
     );
 

@@ -201,7 +201,13 @@ async fn lifecycle(format: Format, test: &str) {
     assert_eq!(response.status, 200);
     let step = blocking(&sd, move |sd| format.remove(sd)).await;
     assert_clean("remove", &step, &sd);
-    stream.body(&mut response).await.unwrap();
+    if let Err(err) = stream.body(&mut response).await {
+        panic!(
+            "the /events stream ended before its drain message ({err}); it had {:?}\n{}",
+            String::from_utf8_lossy(&response.body),
+            sd.journal(&["app@1.service", "app@2.service"])
+        );
+    }
     let body = String::from_utf8_lossy(&response.body);
     assert!(body.ends_with(": draining, reconnect\n\n"), "{body:?}");
     assert_eq!(stream.end().await.unwrap(), End::Eof);

@@ -385,10 +385,7 @@ static BROKEN: [Broken; 3] = [
         path: "/etc/app/fault-at-start",
         contents: "exit\n",
         fixed: "",
-        reasons: &[
-            START_MESSAGE,
-            "the new process exited (exit status: 70) before it was ready",
-        ],
+        reasons: &[START_MESSAGE, "the new process exited before it was ready"],
     },
     Broken {
         what: "never ready",
@@ -638,4 +635,40 @@ async fn the_watchdog_watches_the_reloaded_process() {
         killed >= watchdog / 2,
         "killed before the watchdog interval: {killed:?}"
     );
+}
+
+/// After a reload the main process is one systemd did not start ("not our
+/// child"). A stop, and a restart, must still drain it: SIGTERM, every
+/// request answered, "drain finished", a clean exit, not an immediate
+/// SIGKILL (what KillMode=mixed does to such a main process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_process_drains_on_stop_and_restart() {
+    if !can_boot("a_reloaded_process_drains_on_stop_and_restart") {
+        return;
+    }
+    let (sd, addr) = boot("");
+    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    let load = Load::start(addr, "/", 50, 50, PACE);
+    let (reloaded, result) = blocking(&sd, |sd| {
+        let mut journal = sd.follow_journal("app@1.service");
+        sd.systemctl_ok(&["reload", "app@1.service", "app@2.service"]);
+        let reloaded = main_pid(sd, "app@1.service");
+        journal.wait_for_line(&["handover finished"]);
+        sd.systemctl_ok(&["restart", "app@1.service"]);
+        journal.wait_for_line(&["drain finished"]);
+        sd.systemctl_ok(&["reload", "app@2.service"]);
+        sd.systemctl_ok(&["stop", "app@2.service"]);
+        (reloaded, sd.property("app@2.service", "Result"))
+    })
+    .await;
+    let mut counts = load.stop().await;
+    let journal = blocking(&sd, |sd| sd.journal(&["app@1.service", "app@2.service"])).await;
+    println!("{journal}");
+    assert_no_loss("through a restart and a stop after reloads", &mut counts);
+    assert_eq!(result, "success", "app@2 stopped cleanly, not killed");
+    assert!(
+        journal.contains(&format!("app[{reloaded}]: drain finished")),
+        "the reloaded process drained on restart:\n{journal}"
+    );
+    assert!(!journal.contains("status=9/KILL"), "{journal}");
 }

@@ -63,6 +63,8 @@ pub(super) struct Shared {
     /// The connection is to move to a new process at its next boundary:
     /// a response ending and its flush wake the task.
     moving: AtomicBool,
+    /// The connection drains here although the process hands over.
+    stays: AtomicBool,
 }
 
 pub(super) struct State {
@@ -231,6 +233,7 @@ impl Shared {
             ws: Mutex::new(WsOut::default()),
             unflushed: AtomicBool::new(false),
             moving: AtomicBool::new(false),
+            stays: AtomicBool::new(false),
         }
     }
 
@@ -238,13 +241,20 @@ impl Shared {
     /// may, and from now on the end of each response wakes its task.
     pub fn start_moving(&self) -> bool {
         let movable = self.movable() != Movable::Never;
-        self.moving.store(movable, Ordering::Release);
+        if movable {
+            self.moving.store(true, Ordering::SeqCst);
+        } else {
+            self.stop_moving();
+        }
         movable
     }
 
-    /// The connection will not move after all (upgraded, or pipelining).
+    /// The connection will not move after all (upgraded, pipelining, or
+    /// unsure of what hyper holds): it drains here, and its responses say
+    /// `Connection: close`.
     pub fn stop_moving(&self) {
-        self.moving.store(false, Ordering::Release);
+        self.stays.store(true, Ordering::SeqCst);
+        self.moving.store(false, Ordering::SeqCst);
     }
 
     /// Whether the connection can move now. Asked by the connection's task
@@ -264,10 +274,16 @@ impl Shared {
         }
         if hot.in_flight.load(Ordering::SeqCst) > 0
             || hot.head_started.load(Ordering::SeqCst) != 0
-            || hot.read_in_flight.load(Ordering::SeqCst)
             || self.unflushed.load(Ordering::SeqCst)
         {
             return Movable::Later;
+        }
+        if hot.read_in_flight.load(Ordering::SeqCst) {
+            // Bytes came while the last request was in flight: its body, or
+            // a next request hyper may hold. Not knowing, it drains here,
+            // as in a stop, rather than wait for a request that may never
+            // come.
+            return Movable::Never;
         }
         Movable::Now
     }
@@ -288,9 +304,10 @@ impl Shared {
         self.hot.hurry.store(hurry, Ordering::SeqCst);
     }
 
-    /// Whether the client ever pipelined.
-    fn pipelined(&self) -> bool {
-        self.hot.pipelined.load(Ordering::SeqCst)
+    /// Whether the connection drains in this process although it hands
+    /// over: its responses then close it, as in a stop.
+    fn drains_here(&self) -> bool {
+        self.stays.load(Ordering::SeqCst) || self.hot.pipelined.load(Ordering::SeqCst)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -641,7 +658,7 @@ where
                         websocket::is_websocket_upgrade(&parts.headers);
                 } else if *version < Version::HTTP_2
                     && shared.drain.is_draining()
-                    && (!shared.drain.is_handing_over() || shared.pipelined())
+                    && (!shared.drain.is_handing_over() || shared.drains_here())
                 {
                     // A connection that moves to the new process at its next
                     // boundary stays open: its client never hears of the deploy.

@@ -7,7 +7,10 @@
 //! ```text
 //! SIGUSR1 (from `NAME replace PID`, systemd's ExecReload=)
 //! spawn the binary on disk, same arguments,
-//!   with one end of a socketpair inherited ─────► settings loaded, service built
+//!   with one end of a socketpair inherited,
+//!   as an intermediate that spawns it again
+//!   and exits (so systemd adopts it)       ◄───── Spawned (pid)
+//!                                                 settings loaded, service built
 //!                                          ◄───── Hello (version, takes connections)
 //! Listeners (+ fds, watchdog interval)     ─────► accept loops started
 //!                                          ◄───── Serving
@@ -60,9 +63,8 @@ pub(crate) const CHANNEL_VAR: &str = "HANDOVER_CHANNEL";
 /// waiting `ExecReload=` process.
 pub(crate) const READY_WITHIN: Duration = Duration::from_secs(10);
 
-/// How long an exited new process's status is awaited once its channel
-/// closed, before we kill it.
-const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Set for the intermediate process (see [`intermediate`]).
+const INTERMEDIATE_VAR: &str = "HANDOVER_INTERMEDIATE";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReplaceError {
@@ -74,10 +76,10 @@ pub(crate) enum ReplaceError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "the new process exited ({status}) before it was ready; its own message is logged above"
-    )]
-    Exited { status: ExitStatus },
+    #[error("the new process exited before it was ready; its own message is logged above")]
+    Exited,
+    #[error("the process that starts the new one failed ({0})")]
+    Intermediate(ExitStatus),
     #[error("the new process was not ready within {}; killed it", humantime::format_duration(*.0))]
     NotReady(Duration),
     #[error("the new process sent {got} where {want} was due")]
@@ -109,56 +111,38 @@ fn binary_on_disk() -> io::Result<PathBuf> {
     })
 }
 
-/// A spawned new process that is killed unless it took over.
+/// The new process, killed unless it took over. Not our child (see
+/// [`start_successor`]): its end is seen as the end of its channel.
 struct Spawned {
-    child: tokio::process::Child,
     pid: u32,
     took_over: bool,
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if !self.took_over {
-            // tokio reaps it in the background once it is dead.
-            let _ = self.child.start_kill();
+        if !self.took_over
+            && let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
 }
 
-impl Spawned {
-    /// The next message, or why none came: the process exited, or the
-    /// bound passed.
-    async fn expect(
-        &mut self,
-        channel: &Channel,
-        want: &'static str,
-        until: Instant,
-    ) -> Result<(Message, Vec<OwnedFd>), ReplaceError> {
-        tokio::select! {
-            received = channel.recv() => match received? {
-                Some(received) => Ok(received),
-                None => Err(self.exited().await),
-            },
-            status = self.child.wait() => Err(match status {
-                Ok(status) => ReplaceError::Exited { status },
-                Err(err) => ReplaceError::Channel(err.into()),
-            }),
-            () = tokio::time::sleep_until(until) => Err(ReplaceError::NotReady(READY_WITHIN)),
-        }
-        .map_err(|err| {
-            tracing::debug!(want, "no message from the new process");
-            err
-        })
-    }
-
-    /// The channel closed: the process is exiting.
-    async fn exited(&mut self) -> ReplaceError {
-        match tokio::time::timeout(EXIT_GRACE, self.child.wait()).await {
-            Ok(Ok(status)) => ReplaceError::Exited { status },
-            _ => ReplaceError::Protocol {
-                want: "Hello",
-                got: "the end of the channel, and the process did not exit".to_owned(),
-            },
+/// The next message, or why none came: the new process exited (its end
+/// of the channel closed), or the bound passed.
+async fn expect(
+    channel: &Channel,
+    want: &'static str,
+    until: Instant,
+) -> Result<(Message, Vec<OwnedFd>), ReplaceError> {
+    tokio::select! {
+        received = channel.recv() => match received? {
+            Some(received) => Ok(received),
+            None => Err(ReplaceError::Exited),
+        },
+        () = tokio::time::sleep_until(until) => {
+            tracing::debug!(want, "no message from the new process in time");
+            Err(ReplaceError::NotReady(READY_WITHIN))
         }
     }
 }
@@ -167,6 +151,12 @@ impl Spawned {
 /// is ready, passes it `listeners`, and once it serves on them makes it
 /// the unit's main process. On any error the new process is killed and
 /// this one is as it was.
+///
+/// The binary is started twice: once as an intermediate process, which
+/// starts the new process and exits at once. The new process is then an
+/// orphan, which the kernel gives to systemd before `MAINPID=` names it:
+/// systemd supervises a main process that is not its child as "alien", and
+/// on stop sends such a process SIGKILL at once instead of SIGTERM.
 pub(crate) async fn start_successor(
     listeners: &[BorrowedFd<'_>],
     watchdog: Option<Duration>,
@@ -176,8 +166,8 @@ pub(crate) async fn start_successor(
     let until = Instant::now() + READY_WITHIN;
     let exe = binary_on_disk().map_err(ReplaceError::Exe)?;
     let (ours, theirs) = channel::pair().map_err(ReplaceError::Setup)?;
-    // Inherited by the one child spawned below: cleared on our fd here, so
-    // the child's copy (dup2'd by exec to the same number) stays open.
+    // Inherited by the intermediate and from it by the new process: cleared
+    // on our fd here, so their copies (same number) stay open across exec.
     rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())
         .map_err(|err| ReplaceError::Setup(err.into()))?;
     let mut command = tokio::process::Command::new(&exe);
@@ -187,40 +177,64 @@ pub(crate) async fn start_successor(
             CHANNEL_VAR,
             format!("{}:{}", theirs.as_raw_fd(), std::process::id()),
         )
-        .kill_on_drop(false);
-    let child = command.spawn();
+        .env(INTERMEDIATE_VAR, "1")
+        .kill_on_drop(true);
+    let intermediate = command.spawn();
     drop(theirs);
-    let child = child.map_err(|source| ReplaceError::Spawn {
+    let mut intermediate = intermediate.map_err(|source| ReplaceError::Spawn {
         exe: exe.clone(),
         source,
     })?;
-    let pid = child.id().unwrap_or_default();
-    let mut spawned = Spawned {
-        child,
-        pid,
-        took_over: false,
-    };
-    tracing::info!(pid, exe = %exe.display(), "started the new process");
     let channel = Arc::new(Channel::new(ours).map_err(ReplaceError::Setup)?);
-
-    let takes_connections = match spawned.expect(&channel, "Hello", until).await? {
-        (
-            Message::Hello {
-                version,
-                takes_connections,
-            },
-            _,
-        ) => {
-            tracing::debug!(version, takes_connections, "the new process is ready");
-            takes_connections
+    // Spawned (from the intermediate) and Hello (from the new process) come
+    // in either order: a quick new process may say Hello first.
+    let mut spawned: Option<Spawned> = None;
+    let mut hello = None;
+    while spawned.is_none() || hello.is_none() {
+        match expect(&channel, "Spawned and Hello", until).await {
+            Ok((Message::Spawned { pid }, _)) if spawned.is_none() => {
+                spawned = Some(Spawned {
+                    pid,
+                    took_over: false,
+                });
+                // Once the intermediate has exited, the new process is
+                // systemd's child.
+                let status = tokio::time::timeout_at(until, intermediate.wait())
+                    .await
+                    .map_err(|_| ReplaceError::NotReady(READY_WITHIN))?
+                    .map_err(ReplaceError::Setup)?;
+                if !status.success() {
+                    return Err(ReplaceError::Intermediate(status));
+                }
+                tracing::info!(pid, exe = %exe.display(), "started the new process");
+            }
+            Ok((
+                Message::Hello {
+                    version,
+                    takes_connections,
+                },
+                _,
+            )) if hello.is_none() => {
+                tracing::debug!(version, takes_connections, "the new process is ready");
+                hello = Some(takes_connections);
+            }
+            Ok((other, _)) => return Err(unexpected("Spawned and Hello", &other)),
+            Err(ReplaceError::Exited) if spawned.is_none() => {
+                // The intermediate exited without starting the new process.
+                let status = intermediate.wait().await.map_err(ReplaceError::Setup)?;
+                return Err(ReplaceError::Intermediate(status));
+            }
+            Err(err) => return Err(err),
         }
-        (other, _) => return Err(unexpected("Hello", &other)),
+    }
+    let (Some(mut spawned), Some(takes_connections)) = (spawned, hello) else {
+        unreachable!("the loop ends with both");
     };
     let watchdog_usec = watchdog.map_or(0, |w| w.as_micros() as u64);
     channel
         .send(&Message::Listeners { watchdog_usec }, listeners)
         .await?;
-    match spawned.expect(&channel, "Serving", until).await? {
+    match expect(&channel, "Serving", until).await? {
         (Message::Serving, _) => {}
         (other, _) => return Err(unexpected("Serving", &other)),
     }
@@ -237,6 +251,50 @@ pub(crate) async fn start_successor(
         channel,
         takes_connections,
     })
+}
+
+/// The intermediate process's whole life: when this process was started as
+/// one ([`start_successor`]), starts the new process with the same
+/// arguments and the channel, tells the old process its pid, and returns
+/// the exit status; `None` in any other process. Called first thing, before
+/// the command line is parsed.
+pub(crate) fn intermediate() -> Option<std::process::ExitCode> {
+    std::env::var_os(INTERMEDIATE_VAR)?;
+    let fail = |what: &str, err: &dyn std::fmt::Display| {
+        eprintln!("handover: intermediate process: {what}: {err}");
+        Some(std::process::ExitCode::FAILURE)
+    };
+    let Some(fd) = std::env::var(CHANNEL_VAR)
+        .ok()
+        .and_then(|v| {
+            v.split_once(':')
+                .and_then(|(fd, _)| fd.parse::<RawFd>().ok())
+        })
+        .filter(|&fd| fd >= 3 && is_seqpacket(fd))
+    else {
+        return fail("no handover channel", &CHANNEL_VAR);
+    };
+    let exe = match binary_on_disk() {
+        Ok(exe) => exe,
+        Err(err) => return fail("cannot find the binary", &err),
+    };
+    let child = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env_remove(INTERMEDIATE_VAR)
+        .spawn();
+    let pid = match child {
+        Ok(child) => child.id(),
+        Err(err) => return fail("cannot start the new process", &err),
+    };
+    // SAFETY: the fd is the channel (checked above), open for this whole
+    // function; borrowed for one send.
+    let channel = unsafe { BorrowedFd::borrow_raw(fd) };
+    let message = Message::Spawned { pid }.encode();
+    // The channel's buffer is empty at this point: the send does not block.
+    if let Err(err) = rustix::net::send(channel, &message, rustix::net::SendFlags::empty()) {
+        return fail("cannot tell the old process", &err);
+    }
+    Some(std::process::ExitCode::SUCCESS)
 }
 
 fn unexpected(want: &'static str, got: &Message) -> ReplaceError {
@@ -275,14 +333,10 @@ pub(crate) fn inherited_channel() -> Result<Option<OwnedFd>, InheritError> {
     let (fd, parent) = value.split_once(':').ok_or_else(malformed)?;
     let fd: RawFd = fd.parse().map_err(|_| malformed())?;
     let parent: i32 = parent.parse().map_err(|_| malformed())?;
-    if rustix::process::getppid().map(rustix::process::Pid::as_raw_nonzero)
-        != std::num::NonZeroI32::new(parent)
-    {
-        // Inherited from an ancestor that replaced itself: not ours.
+    if fd < 3 || !is_seqpacket(fd) || peer_pid(fd) != Some(parent) {
+        // The variable without the channel: inherited through a process
+        // of ours that took it (close-on-exec there), so not ours.
         return Ok(None);
-    }
-    if fd < 3 || !is_seqpacket(fd) {
-        return Err(InheritError::NotChannel(fd));
     }
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(InheritError::AlreadyTaken);
@@ -294,6 +348,16 @@ pub(crate) fn inherited_channel() -> Result<Option<OwnedFd>, InheritError> {
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
         .map_err(|_| InheritError::NotChannel(fd.as_raw_fd()))?;
     Ok(Some(fd))
+}
+
+/// The pid of the process that created the socketpair `fd` is an end of:
+/// the old process.
+fn peer_pid(fd: RawFd) -> Option<i32> {
+    // SAFETY: borrowed only for the one call; an fd that is not open makes
+    // it fail.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let cred = rustix::net::sockopt::socket_peercred(fd).ok()?;
+    Some(cred.pid.as_raw_nonzero().get())
 }
 
 fn is_seqpacket(fd: RawFd) -> bool {

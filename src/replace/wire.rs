@@ -14,6 +14,7 @@
 //! Serving:    -
 //! Main:       -
 //! Connection: the bytes already read from it               + its fd
+//! Spawned:    pid u32 BE (from the intermediate process: the new one's pid)
 //! ```
 
 const MAGIC: &[u8; 4] = b"HOVR";
@@ -31,6 +32,7 @@ const LISTENERS: u8 = 2;
 const SERVING: u8 = 3;
 const MAIN: u8 = 4;
 const CONNECTION: u8 = 5;
+const SPAWNED: u8 = 6;
 
 const TAKES_CONNECTIONS: u8 = 1;
 
@@ -50,6 +52,8 @@ pub(crate) enum Message {
     Main,
     /// Old → new: a connection (attached) with the bytes already read from it.
     Connection { read: Vec<u8> },
+    /// Intermediate → old: the new process started, with this pid.
+    Spawned { pid: u32 },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,6 +93,10 @@ impl Message {
                 out.push(CONNECTION);
                 out.extend_from_slice(read);
             }
+            Message::Spawned { pid } => {
+                out.push(SPAWNED);
+                out.extend_from_slice(&pid.to_be_bytes());
+            }
         }
         out
     }
@@ -122,6 +130,12 @@ impl Message {
             CONNECTION => Message::Connection {
                 read: payload.to_vec(),
             },
+            SPAWNED => {
+                let pid: [u8; 4] = payload.try_into().map_err(|_| WireError::Malformed(kind))?;
+                Message::Spawned {
+                    pid: u32::from_be_bytes(pid),
+                }
+            }
             kind => return Err(WireError::UnknownKind { kind, version }),
         };
         Ok(message)
@@ -152,6 +166,7 @@ mod tests {
             Message::Connection {
                 read: b"GET / HTTP/1.1\r\nHo".to_vec(),
             },
+            Message::Spawned { pid: 4_194_304 },
         ] {
             assert_eq!(Message::decode(&message.encode()), Ok(message));
         }
