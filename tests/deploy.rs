@@ -193,8 +193,10 @@ fn a_long_request_in_flight_survives_its_instance_restart() {
     );
 }
 
-/// Acceptance 3: a new binary that cannot start stops the rollout at the
-/// first instance; the other keeps serving the old version without errors.
+/// Acceptance 3: a new binary that cannot start stops a restart-based
+/// rollout (`--restart`) at the first instance; the other keeps serving the
+/// old version without errors. (A reload-based rollout keeps even the first
+/// instance's old process serving: tests/reload.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_release_stops_the_rollout_and_the_sibling_serves() {
     if !can_boot("a_broken_release_stops_the_rollout_and_the_sibling_serves") {
@@ -237,7 +239,10 @@ async fn a_broken_release_stops_the_rollout_and_the_sibling_serves() {
         })
         .await;
         let load = Load::start(addr, "/", 20, 20, PACE);
-        let (ok, output) = blocking(&sd, |sd| rollout(sd, "/usr/local/bin/app-good", &[])).await;
+        let (ok, output) = blocking(&sd, |sd| {
+            rollout(sd, "/usr/local/bin/app-good", &["--restart"])
+        })
+        .await;
         // Let the sibling alone serve for a moment with the broken one retrying.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut counts = load.stop().await;
