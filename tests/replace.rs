@@ -28,6 +28,18 @@ impl Successor {
     }
 }
 
+/// `app replace PID`, what `ExecReload=` runs: its exit status and output.
+async fn run_replace(pid: i32) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(app_binary())
+            .args(["replace", &pid.to_string()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// The pid in `MAINPID=` of a notification.
 fn main_pid(message: &str) -> i32 {
     message
@@ -133,15 +145,7 @@ async fn replace_waits_for_the_new_process_and_a_failed_one_changes_nothing() {
 
     // Broken: idle_grace must be shorter than drain_deadline.
     std::fs::write(&settings, "idle_grace = \"1h\"\n").unwrap();
-    let pid = old.pid().to_string();
-    let replace = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(app_binary())
-            .args(["replace", &pid])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let replace = run_replace(old.pid()).await;
     let said = String::from_utf8_lossy(&replace.stderr);
     assert_eq!(replace.status.code(), Some(1), "{said}");
     assert!(said.contains("the reload failed"), "{said}");
@@ -161,15 +165,7 @@ async fn replace_waits_for_the_new_process_and_a_failed_one_changes_nothing() {
     assert!(!response.closes());
 
     std::fs::write(&settings, "idle_grace = \"2s\"\n").unwrap();
-    let pid = old.pid().to_string();
-    let replace = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(app_binary())
-            .args(["replace", &pid])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let replace = run_replace(old.pid()).await;
     assert!(
         replace.status.success(),
         "{}",

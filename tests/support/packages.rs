@@ -112,7 +112,7 @@ fn build_all() -> Result<Packages, String> {
 }
 
 /// `version = "…"` of the [package] table (the first one in the file).
-fn package_version(manifest: &str) -> Result<String, String> {
+pub fn package_version(manifest: &str) -> Result<String, String> {
     manifest
         .lines()
         .find_map(|l| l.strip_prefix("version = \""))
@@ -122,7 +122,7 @@ fn package_version(manifest: &str) -> Result<String, String> {
 }
 
 /// The version with its patch number raised by `by`.
-fn bump(version: &str, by: u64) -> Result<String, String> {
+pub fn bump(version: &str, by: u64) -> Result<String, String> {
     let (head, patch) = version
         .rsplit_once('.')
         .ok_or_else(|| format!("version {version} is not MAJOR.MINOR.PATCH"))?;
@@ -132,8 +132,10 @@ fn bump(version: &str, by: u64) -> Result<String, String> {
     Ok(format!("{head}.{}", patch + by))
 }
 
-/// A copy of what the packages are built from, at `version`.
-fn copy_tree(dest: &Path, version: &str) -> Result<PathBuf, String> {
+/// What cargo needs to build from a copy of this tree, copied to `dest`
+/// (emptied first): the manifests, the lockfile, the sources, and every
+/// workspace member and target the manifest names.
+pub fn copy_sources(dest: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(dest);
     std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
     let items = [
@@ -159,6 +161,12 @@ fn copy_tree(dest: &Path, version: &str) -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("cp -a {items:?} {} failed", dest.display()));
     }
+    Ok(())
+}
+
+/// A copy of what the packages are built from, at `version`.
+fn copy_tree(dest: &Path, version: &str) -> Result<PathBuf, String> {
+    copy_sources(dest)?;
     let manifest = dest.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).map_err(|e| e.to_string())?;
     let old = package_version(&text)?;

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use super::packages::{bump, copy_sources, package_version};
+
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A release of `app` other than the one the tests were built from.
@@ -36,8 +38,8 @@ fn build_next() -> Result<Release, String> {
     let manifest = std::fs::read_to_string(Path::new(MANIFEST_DIR).join("Cargo.toml"))
         .map_err(|e| e.to_string())?;
     let current = package_version(&manifest)?;
-    let version = bump(&current)?;
-    copy_tree(&tree)?;
+    let version = bump(&current, 1)?;
+    copy_sources(&tree)?;
     let bin = "[[bin]]\nname = \"app\"\n";
     if !manifest.contains(bin) || !manifest.contains("default-run = \"app\"") {
         return Err(format!(
@@ -71,53 +73,4 @@ fn build_next() -> Result<Release, String> {
         version,
         binary: target.join("debug/app-next"),
     })
-}
-
-/// `version = "…"` of the [package] table (the first one in the file).
-fn package_version(manifest: &str) -> Result<String, String> {
-    manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \""))
-        .and_then(|rest| rest.strip_suffix('"'))
-        .map(str::to_owned)
-        .ok_or_else(|| "no version in Cargo.toml".into())
-}
-
-/// The version with its patch number raised by one.
-fn bump(version: &str) -> Result<String, String> {
-    let (head, patch) = version
-        .rsplit_once('.')
-        .ok_or_else(|| format!("version {version} is not MAJOR.MINOR.PATCH"))?;
-    let patch: u64 = patch
-        .parse()
-        .map_err(|_| format!("version {version} has a non-numeric patch"))?;
-    Ok(format!("{head}.{}", patch + 1))
-}
-
-/// What cargo needs to build the binary: the manifests, the lockfile, the
-/// sources, and every workspace member and target the manifest names.
-fn copy_tree(dest: &Path) -> Result<(), String> {
-    let _ = std::fs::remove_dir_all(dest);
-    std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
-    let items = [
-        "Cargo.toml",
-        "Cargo.lock",
-        "README.md",
-        "docs",
-        "src",
-        "systemd",
-        "packaging",
-        "benches",
-        "examples",
-    ];
-    let status = Command::new("cp")
-        .arg("-a")
-        .args(items.iter().map(|i| Path::new(MANIFEST_DIR).join(i)))
-        .arg(dest)
-        .status()
-        .map_err(|e| format!("cp: {e}"))?;
-    if !status.success() {
-        return Err(format!("cp -a {items:?} {} failed", dest.display()));
-    }
-    Ok(())
 }
