@@ -1,22 +1,15 @@
 //! HTTP/2 over cleartext (prior knowledge) load: nghttp2's `h2load`, a
-//! client we did not write, and hyper-util's pooled client, which sends a
-//! request the server never saw again on a new connection; and what the
-//! server's journal says it processed, to set against both.
+//! client we did not write, and hyper's HTTP/2 client connection, which
+//! replaces each connection the server ends (GOAWAY) with a new one and
+//! sorts every failed stream by what it means.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
@@ -84,31 +77,24 @@ impl H2loadRun {
     }
 }
 
-/// `h2load -c connections -m streams -n connections×streams http://ADDR/PATH`:
-/// h2c with prior knowledge (its default for an `http://` URI), and every
-/// connection's requests go out at once, as it opens.
-///
-/// That shape is what makes h2load's "failed" mean the server's failure.
-/// h2load (1.52) submits `min(requests left, -m)` streams when a connection
-/// is made, before it reads a byte from the server, and with no `--rps`
-/// submits no more until one closes: here none is left to submit. So no
-/// GOAWAY can come before a request is on the wire, and a drain that honours
-/// its GOAWAY's promise answers every one. h2load opens no new connection
-/// after a GOAWAY and nghttp2 opens no stream once one came: with requests
-/// still to send, h2load would count those it never sent as failed, which
-/// says nothing of the server. Killed after `limit`.
+/// `h2load -n requests -c clients -m streams --rps rps http://ADDR/PATH`:
+/// h2c with prior knowledge, its default for an `http://` URI; `rps` is
+/// each client's requests per second. Killed after `limit`.
 pub fn h2load(
     addr: SocketAddr,
     path: &str,
-    connections: u64,
+    requests: u64,
+    clients: u64,
     streams: u64,
+    rps: u64,
     limit: Duration,
 ) -> H2loadRun {
     let started = Instant::now();
     let child = Command::new("h2load")
-        .args(["-n", &(connections * streams).to_string()])
-        .args(["-c", &connections.to_string()])
+        .args(["-n", &requests.to_string()])
+        .args(["-c", &clients.to_string()])
         .args(["-m", &streams.to_string()])
+        .args(["--rps", &rps.to_string()])
         .arg(format!("http://{addr}{path}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -146,26 +132,24 @@ pub fn h2load(
 /// What hyper's HTTP/2 clients saw.
 #[derive(Debug, Clone, Default)]
 pub struct H2Counts {
-    /// Requests the clients made: each ends as a response (by status) or
-    /// a failure.
-    pub requests: u64,
     /// Responses by status, body read in full.
     pub by_status: BTreeMap<u16, u64>,
-    /// Requests that failed, by error: what hyper-util gave up on (it sends
-    /// a request again by itself only when it knows it was never sent), and
-    /// [`unprocessed_by_server`] did not let the loop send again.
+    /// Streams that failed, by error. Which of them the server processed
+    /// only the server can say: see [`H2Counts::ok_by_tag`].
     pub failed: BTreeMap<String, u64>,
-    /// Sends that failed with the server's word that it had not processed
-    /// them ([`unprocessed_by_server`]), by error; each was sent again. The
-    /// server's log says whether that word was true: a request processed
-    /// twice is one more in its count than the client's 2xx.
-    pub sent_again: BTreeMap<String, u64>,
-    /// 2xx responses by client (the value of the tag in the query), to set
-    /// against what the server logged.
+    /// Failed requests sent again, on the next connection: what a client
+    /// does with a request a GOAWAY or REFUSED_STREAM says was not
+    /// processed. Each one is counted in `failed` once per failure.
+    pub retried: u64,
+    /// Failed requests still not answered when the clients stopped.
+    pub unanswered: u64,
+    /// 2xx responses by connection (`CLIENT.CONNECTION`, the value of the
+    /// tag in the query), to set against what the server logged.
     pub ok_by_tag: BTreeMap<String, u64>,
-    /// Connections the clients' connector opened.
+    /// Connections opened, and how they ended.
     pub connections: u64,
-    /// Connections that could not be opened, by error.
+    pub ended: BTreeMap<String, u64>,
+    /// Connections that could not be opened.
     pub connect_errors: BTreeMap<String, u64>,
 }
 
@@ -188,32 +172,32 @@ impl H2Counts {
         }
         for (mine, theirs) in [
             (&mut self.failed, other.failed),
-            (&mut self.sent_again, other.sent_again),
             (&mut self.ok_by_tag, other.ok_by_tag),
+            (&mut self.ended, other.ended),
             (&mut self.connect_errors, other.connect_errors),
         ] {
             for (k, n) in theirs {
                 *mine.entry(k).or_default() += n;
             }
         }
-        self.requests += other.requests;
+        self.retried += other.retried;
+        self.unanswered += other.unanswered;
         self.connections += other.connections;
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "{} requests: {} ok, {} non-2xx {:?}, {} failed {:?}; {} sent again after the \
-             server said it had not processed them {:?}; {} connections (could not connect: \
-             {:?})",
-            self.requests,
+            "{} ok, {} non-2xx {:?}, {} failed streams {:?}, {} sent again ({} still \
+             unanswered at the end), {} connections (ended: {:?}; could not connect: {:?})",
             self.ok(),
             self.non_2xx(),
             self.by_status,
             self.failed_count(),
             self.failed,
-            self.sent_again.values().sum::<u64>(),
-            self.sent_again,
+            self.retried,
+            self.unanswered,
             self.connections,
+            self.ended,
             self.connect_errors,
         )
     }
@@ -231,69 +215,20 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Connections opened, and those that could not be.
-#[derive(Debug, Default)]
-struct ConnectTally {
-    opened: u64,
-    errors: BTreeMap<String, u64>,
-}
-
-/// hyper-util's TCP connector, counting what it does: the pool opens a new
-/// connection when the server sent the last one away.
-#[derive(Clone)]
-struct CountingConnector {
-    inner: HttpConnector,
-    tally: Arc<Mutex<ConnectTally>>,
-}
-
-impl tower::Service<Uri> for CountingConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let tally = self.tally.clone();
-        Box::pin(async move {
-            let result = connecting.await;
-            let mut tally = tally.lock().unwrap();
-            match &result {
-                Ok(_) => tally.opened += 1,
-                Err(err) => *tally.errors.entry(chain(err)).or_default() += 1,
-            }
-            result.map_err(Into::into)
-        })
-    }
-}
-
-/// `clients` hyper-util clients (`client::legacy::Client`, HTTP/2 only:
-/// h2c with prior knowledge), each its own pool and so its own connection,
-/// each with `loops` request loops: a request, its response read whole,
-/// `pace`, the next. Half the loops ask for `/`, the others for
-/// `/slow?ms=SLOW`, so a drain finds streams in flight.
+/// `clients` hyper HTTP/2 clients (`hyper::client::conn::http2`), each on
+/// its own connection, sending `streams` concurrent requests at a time,
+/// then pausing `pace`. A connection the server ends (GOAWAY) is replaced
+/// by a new one, and a request that failed is sent again on it.
 ///
-/// When the server sends a connection away (GOAWAY), the pool opens a new
-/// one; a request hyper had not yet handed to h2 it sends again on the new
-/// one (`retry_canceled_requests`, on by default). One it had handed over
-/// but that h2 then failed with the GOAWAY (h2 opens no stream once one
-/// came, and fails a stream above the GOAWAY's last stream id) hyper-util
-/// does not: hyper no longer holds the request to give back. Those, and
-/// only those, the loop sends again itself ([`unprocessed_by_server`]);
-/// any other failure is a failure.
-///
-/// Each request carries `TAG=N` for its client N, so the server's log of
-/// the requests it processed can be set against the responses each client
-/// received ([`H2Counts::ok_by_tag`]).
+/// Each request asks for `/?TAG=CLIENT.CONNECTION`, so the server's log of
+/// the requests it processed can be set against the responses each
+/// connection received ([`H2Counts::ok_by_tag`]). hyper does not export h2's
+/// error type, and the text of an error does not say whether the server
+/// processed the stream (after a GOAWAY, a stream cut by the connection's
+/// end and one the client opened too late fail alike); the server's log does.
 pub struct H2Load {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<H2Counts>>,
-    tallies: Vec<Arc<Mutex<ConnectTally>>>,
 }
 
 /// Bounds one request, so a stuck server is a failure, not a hang.
@@ -304,231 +239,172 @@ impl H2Load {
         addr: SocketAddr,
         tag: &str,
         clients: usize,
-        loops: usize,
+        streams: usize,
         pace: Duration,
-        slow: Duration,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        let mut tallies = Vec::new();
-        for n in 0..clients {
-            let tally = Arc::new(Mutex::new(ConnectTally::default()));
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
-            let connector = CountingConnector {
-                inner: http,
-                tally: tally.clone(),
-            };
-            let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(connector);
-            let fast: Uri = format!("http://{addr}/?{tag}={n}").parse().unwrap();
-            let slow: Uri = format!("http://{addr}/slow?{tag}={n}&ms={}", slow.as_millis())
-                .parse()
-                .unwrap();
-            for l in 0..loops {
-                let uri = if l % 2 == 0 {
-                    fast.clone()
-                } else {
-                    slow.clone()
-                };
-                tasks.push(tokio::spawn(request_loop(
-                    client.clone(),
-                    uri,
-                    n.to_string(),
+        let tasks = (0..clients)
+            .map(|n| {
+                tokio::spawn(client(
+                    addr,
+                    tag.to_owned(),
+                    n,
+                    streams,
                     pace,
                     stopped.clone(),
-                )));
-            }
-            tallies.push(tally);
-        }
-        Self {
-            stop,
-            tasks,
-            tallies,
-        }
+                ))
+            })
+            .collect();
+        Self { stop, tasks }
     }
 
-    /// Stops the loops once their requests in flight are answered (or
-    /// failed): none is abandoned.
     pub async fn stop(self) -> H2Counts {
         let _ = self.stop.send(true);
         let mut all = H2Counts::default();
         for task in self.tasks {
-            all.merge(task.await.expect("an HTTP/2 request loop"));
-        }
-        for tally in self.tallies {
-            let tally = std::mem::take(&mut *tally.lock().unwrap());
-            all.connections += tally.opened;
-            for (err, n) in tally.errors {
-                *all.connect_errors.entry(err).or_default() += n;
-            }
+            all.merge(task.await.expect("an HTTP/2 client task"));
         }
         all
     }
 }
 
-/// Whether h2 failed a request because the server said it did not
-/// process it: a graceful GOAWAY (NO_ERROR) that the stream was above, or
-/// that came before h2 could open it, or a REFUSED_STREAM reset. RFC 9113
-/// (sections 6.8 and 8.7) lets a client send such a request again.
-fn unprocessed_by_server(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            let reason = h2.reason();
-            return h2.is_remote()
-                && ((h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
-                    || (h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)));
-        }
-        source = err.source();
-    }
-    false
-}
-
-/// Sends of one request, at most: the first and two more after the server
-/// said it did not process it.
-const SENDS: u64 = 3;
-
-async fn request_loop(
-    client: Client<CountingConnector, Empty<Bytes>>,
-    uri: Uri,
+/// Client `n`: its connections ask for `/?TAG=N.0`, `/?TAG=N.1`, ...
+async fn client(
+    addr: SocketAddr,
     tag: String,
+    n: usize,
+    streams: usize,
     pace: Duration,
     stopped: watch::Receiver<bool>,
 ) -> H2Counts {
     let mut counts = H2Counts::default();
-    while !*stopped.borrow() {
-        counts.requests += 1;
-        let exchange = async {
-            let mut sends = 0;
-            let response = loop {
-                sends += 1;
-                match client.get(uri.clone()).await {
-                    Ok(response) => break response,
-                    Err(err) if sends < SENDS && unprocessed_by_server(&err) => {
-                        *counts.sent_again.entry(chain(&err)).or_default() += 1;
-                    }
-                    Err(err) => return Err(chain(&err)),
-                }
-            };
-            let status = response.status().as_u16();
-            // A body cut short is never sent again: the server processed it.
-            response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("body: {}", chain(&e)))?;
-            Ok::<u16, String>(status)
-        };
-        match tokio::time::timeout(STREAM_LIMIT, exchange).await {
-            Ok(Ok(status)) => {
-                *counts.by_status.entry(status).or_default() += 1;
-                if (200..300).contains(&status) {
-                    *counts.ok_by_tag.entry(tag.clone()).or_default() += 1;
-                }
+    // Failed requests to send again before new ones.
+    let mut owed: u64 = 0;
+    // Once told to stop, one more connection at most, for what is owed.
+    let mut last_chance = false;
+    loop {
+        if *stopped.borrow() {
+            if owed == 0 || last_chance {
+                break;
             }
-            Ok(Err(err)) => *counts.failed.entry(err).or_default() += 1,
+            last_chance = true;
+        }
+        let tcp = match tokio::net::TcpStream::connect(addr).await {
+            Ok(tcp) => tcp,
+            Err(err) => {
+                *counts.connect_errors.entry(err.to_string()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let handshake = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(tcp),
+        );
+        let (mut sender, conn) = match tokio::time::timeout(STREAM_LIMIT, handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(err)) => {
+                let key = format!("handshake: {}", chain(&err));
+                *counts.connect_errors.entry(key).or_default() += 1;
+                continue;
+            }
             Err(_) => {
-                let err = format!("no response within {STREAM_LIMIT:?}");
-                *counts.failed.entry(err).or_default() += 1;
+                *counts
+                    .connect_errors
+                    .entry("handshake: timed out".into())
+                    .or_default() += 1;
+                continue;
+            }
+        };
+        let connection = format!("{n}.{}", counts.connections);
+        let uri: hyper::Uri = format!("http://{addr}/?{tag}={connection}")
+            .parse()
+            .unwrap();
+        counts.connections += 1;
+        let conn = tokio::spawn(conn);
+        // Batches of concurrent streams on this connection until it ends.
+        loop {
+            let stopping = *stopped.borrow();
+            if (stopping && owed == 0) || sender.ready().await.is_err() {
+                break;
+            }
+            let size = if stopping {
+                owed
+            } else {
+                streams as u64 + owed
+            };
+            counts.retried += owed;
+            owed = 0;
+            let mut batch = tokio::task::JoinSet::new();
+            for _ in 0..size {
+                let mut sender = sender.clone();
+                let request = hyper::Request::get(uri.clone()).body(Empty::new()).unwrap();
+                batch.spawn(async move {
+                    let exchange = async {
+                        let response = sender.send_request(request).await?;
+                        let status = response.status().as_u16();
+                        response.into_body().collect().await?;
+                        Ok::<u16, hyper::Error>(status)
+                    };
+                    tokio::time::timeout(STREAM_LIMIT, exchange).await
+                });
+            }
+            let mut connection_over = false;
+            while let Some(result) = batch.join_next().await {
+                let kind = match result.expect("a stream task") {
+                    Ok(Ok(status)) => {
+                        *counts.by_status.entry(status).or_default() += 1;
+                        if (200..300).contains(&status) {
+                            *counts.ok_by_tag.entry(connection.clone()).or_default() += 1;
+                        }
+                        continue;
+                    }
+                    Ok(Err(err)) => chain(&err),
+                    Err(_) => format!("no response within {STREAM_LIMIT:?}"),
+                };
+                connection_over = true;
+                owed += 1;
+                *counts.failed.entry(kind).or_default() += 1;
+            }
+            if connection_over || sender.is_closed() {
+                break;
+            }
+            if !stopping {
+                tokio::time::sleep(pace).await;
             }
         }
-        tokio::time::sleep(pace).await;
+        drop(sender);
+        let how = match tokio::time::timeout(STREAM_LIMIT, conn).await {
+            Ok(Ok(Ok(()))) => "closed cleanly".to_owned(),
+            Ok(Ok(Err(err))) => format!("error: {}", chain(&err)),
+            Ok(Err(join)) => format!("task: {join}"),
+            Err(_) => "still open after its last stream".to_owned(),
+        };
+        *counts.ended.entry(how).or_default() += 1;
     }
+    counts.unanswered = owed;
     counts
 }
 
-/// The value of `key` in a logged request's URI (`/path?a=1&KEY=VALUE`).
-fn tag_of<'a>(uri: &'a str, key: &str) -> Option<&'a str> {
-    let (_, query) = uri.split_once('?')?;
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// The app's journal lines, in the journal's order (per process, the order
-/// it logged them).
-fn app_journal(sd: &super::systemd::SystemdBox) -> Vec<serde_json::Value> {
-    sd.journal_entries(&["-t", "app"])
-}
-
-/// A logged request's URI (tracing-journald's `F_URI`).
-fn logged_uri(entry: &serde_json::Value) -> Option<&str> {
-    if entry["MESSAGE"].as_str() != Some("request") {
-        return None;
-    }
-    let uri = entry["F_URI"].as_str().or(entry["URI"].as_str());
-    Some(uri.unwrap_or_else(|| panic!("a request line without its URI: {entry}")))
-}
-
 /// The requests the reference app logged (`"request"`, at debug level for
-/// its `app::routes` target) whose URI's query has `KEY=VALUE`, counted by
-/// VALUE: what the server processed, for each tagged run or client. The
-/// box's journald must not rate-limit (see [`JOURNALD_UNLIMITED`]).
+/// its `app::routes` target) whose URI's query is `KEY=VALUE`, counted by
+/// VALUE: what the server processed, for each tagged run or connection of
+/// a client. The box's journald must not rate-limit (see
+/// [`JOURNALD_UNLIMITED`]).
 pub fn requests_served_by_tag(sd: &super::systemd::SystemdBox, key: &str) -> BTreeMap<String, u64> {
     let mut served = BTreeMap::new();
-    for entry in app_journal(sd) {
-        if let Some(value) = logged_uri(&entry).and_then(|uri| tag_of(uri, key)) {
+    let prefix = format!("?{key}=");
+    for entry in sd.journal_entries(&["-t", "app", "MESSAGE=request"]) {
+        let uri = entry["F_URI"].as_str().or(entry["URI"].as_str());
+        let Some(uri) = uri else {
+            panic!("a request line without its URI: {entry}")
+        };
+        if let Some((_, value)) = uri.split_once(&prefix) {
             *served.entry(value.to_owned()).or_default() += 1;
         }
     }
     served
-}
-
-/// Whether a logged URI asks for `/slow`.
-fn is_slow(uri: &str) -> bool {
-    let path = uri.split_once('?').map_or(uri, |(path, _)| path);
-    path.ends_with("/slow")
-}
-
-/// For each drain ("drain started", in the journal's order): the `/slow`
-/// requests tagged `KEY=VALUE` that its process had begun (logged) less
-/// than `within` before the drain started, counted by VALUE.
-///
-/// A request to `/slow?ms=D` is answered D after the app logs it, so with
-/// `within` under D each one counted was in flight as the drain started:
-/// its connection got the drain's GOAWAY with the stream open, and the
-/// drain had to finish it. Journal times are journald's, when it read each
-/// line; `within` well under D leaves room for that.
-pub fn tagged_in_flight_at_drains(
-    sd: &super::systemd::SystemdBox,
-    key: &str,
-    within: Duration,
-) -> Vec<BTreeMap<String, u64>> {
-    let micros = |entry: &serde_json::Value| -> u64 {
-        let at = entry["__REALTIME_TIMESTAMP"].as_str();
-        at.and_then(|t| t.parse().ok())
-            .unwrap_or_else(|| panic!("a journal entry without its time: {entry}"))
-    };
-    let within = within.as_micros() as u64;
-    // Per process, its tagged requests of the last `within`: (time, VALUE).
-    let mut recent: BTreeMap<String, VecDeque<(u64, String)>> = BTreeMap::new();
-    let mut at_drains = Vec::new();
-    for entry in app_journal(sd) {
-        let pid = entry["_PID"].as_str().unwrap_or("?").to_owned();
-        let at = micros(&entry);
-        let begun = recent.entry(pid).or_default();
-        while begun
-            .front()
-            .is_some_and(|(t, _)| at.saturating_sub(*t) >= within)
-        {
-            begun.pop_front();
-        }
-        if entry["MESSAGE"].as_str() == Some("drain started") {
-            let mut in_flight = BTreeMap::new();
-            for (_, value) in begun.iter() {
-                *in_flight.entry(value.clone()).or_default() += 1;
-            }
-            at_drains.push(in_flight);
-        } else if let Some(uri) = logged_uri(&entry)
-            && is_slow(uri)
-            && let Some(value) = tag_of(uri, key)
-        {
-            begun.push_back((at, value.to_owned()));
-        }
-    }
-    at_drains
 }
 
 /// A journald drop-in for a box whose journal must keep every line (its
