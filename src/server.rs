@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, BoxError, ConnectionContext, Handoff, Prefixed, Slots};
+use crate::connection::{self, BoxError, ConnectionContext, Handoff, Http, Slots};
 use crate::drain;
 use crate::listeners::{Listener, StdListener};
 use crate::settings::{ConnectionTimeouts, Limits};
@@ -264,7 +264,7 @@ impl Server {
             open: Arc::new(AtomicUsize::new(0)),
             limits,
             slots: Arc::new(Slots::new(limits.max_connections)),
-            http: Arc::new(connection::http(&limits)),
+            http: Arc::new(Http::new(&limits)),
             numbers: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             handoff: Arc::new(OnceLock::new()),
         };
@@ -457,7 +457,13 @@ async fn accept_loop<L, S, B>(
         };
         match accepted {
             Ok(io) => {
-                connections.spawn(connection::serve(io, service.clone(), ctx.clone(), slot));
+                connections.spawn(connection::serve(
+                    io,
+                    None,
+                    service.clone(),
+                    ctx.clone(),
+                    slot,
+                ));
             }
             Err(err) if is_transient(&err) => {}
             Err(err) => {
@@ -489,13 +495,13 @@ where
     if unix {
         let stream = std::os::unix::net::UnixStream::from(fd);
         stream.set_nonblocking(true)?;
-        let io = Prefixed::new(read, tokio::net::UnixStream::from_std(stream)?);
-        connections.spawn(connection::serve(io, service, ctx, slot));
+        let io = tokio::net::UnixStream::from_std(stream)?;
+        connections.spawn(connection::serve(io, Some(read), service, ctx, slot));
     } else {
         let stream = std::net::TcpStream::from(fd);
         stream.set_nonblocking(true)?;
-        let io = Prefixed::new(read, tokio::net::TcpStream::from_std(stream)?);
-        connections.spawn(connection::serve(io, service, ctx, slot));
+        let io = tokio::net::TcpStream::from_std(stream)?;
+        connections.spawn(connection::serve(io, Some(read), service, ctx, slot));
     }
     Ok(())
 }

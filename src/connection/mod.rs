@@ -9,6 +9,7 @@
 //! next request at that moment (the reset pm2 and Node cluster reloads show,
 //! hyper#3792), and because an upgraded connection is invisible to hyper's
 //! shutdown. The parts, one idea each:
+//! - [`http`]: hyper's HTTP/1 or HTTP/2, as the first bytes say;
 //! - [`policy`]: when and how a connection ends, as a pure state machine;
 //! - [`admission`]: the slots, against `max_connections`;
 //! - [`tracking`]: the wrappers that tell the task what happens on the
@@ -21,9 +22,9 @@
 
 mod admission;
 mod handoff;
+mod http;
 mod linger;
 mod policy;
-mod prefixed;
 mod tracking;
 mod websocket;
 
@@ -40,8 +41,7 @@ use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -51,9 +51,10 @@ use crate::settings::{ConnectionTimeouts, Limits};
 
 pub(crate) use admission::{Slot, Slots};
 pub(crate) use handoff::Handoff;
+use http::Conn;
+pub(crate) use http::Http;
 use linger::{Farewell, linger};
-use policy::{Action, Policy};
-pub(crate) use prefixed::Prefixed;
+use policy::{Action, Policy, Protocol};
 use tracking::{Movable, Shared, State, Tracked, Tracking};
 
 /// Any error, as hyper and tower pass them.
@@ -75,30 +76,11 @@ pub(crate) struct ConnectionContext {
     pub limits: Limits,
     pub slots: Arc<Slots>,
     /// HTTP/1 and HTTP/2, configured once for every connection.
-    pub http: Arc<auto::Builder<TokioExecutor>>,
+    pub http: Arc<Http>,
     /// Numbers connections, for their place in the WebSocket close window.
     pub numbers: Arc<AtomicU64>,
     /// Set, before the drain starts, when a new process replaces this one.
     pub handoff: Arc<OnceLock<Handoff>>,
-}
-
-/// hyper's HTTP/1 and HTTP/2, as every connection uses them.
-pub(crate) fn http(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Our own header and idle timeouts replace hyper's, which would also
-        // bound the keep-alive idle time by the header timeout.
-        .header_read_timeout(None)
-        // A head that does not fit gets 431 from hyper.
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
 }
 
 /// Decrements the open-connection count when the connection stops counting as
@@ -132,10 +114,17 @@ enum End<I> {
     Move(I),
 }
 
-/// Serves one accepted connection until it is closed, or moves to the
-/// process that replaces this one.
-pub(crate) async fn serve<I, S, B>(io: I, service: S, ctx: ConnectionContext, slot: Slot)
-where
+/// Serves one connection until it is closed, or moves to the process that
+/// replaces this one: one just accepted, or (`handed_over`, with the bytes
+/// the old process had read of it) an HTTP/1 connection a process handed
+/// over.
+pub(crate) async fn serve<I, S, B>(
+    io: I,
+    handed_over: Option<Bytes>,
+    service: S,
+    ctx: ConnectionContext,
+    slot: Slot,
+) where
     I: AsyncRead + AsyncWrite + AsRawFd + AsFd + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -154,13 +143,23 @@ where
         )),
         ctx.drain.clone(),
     ));
-    let io = TokioIo::new(Tracked::new(io, shared.clone(), home_tx));
+    let mut io = TokioIo::new(Tracked::new(io, shared.clone(), home_tx));
     let service = Tracking {
         inner: service,
         shared: shared.clone(),
         max_body_bytes: ctx.limits.max_body_bytes,
     };
-    let conn = ctx.http.serve_connection_with_upgrades(io, service);
+    let conn = match handed_over {
+        None => Conn::sniffing(io, service, ctx.http.clone(), shared.clone()),
+        Some(read) => {
+            shared.protocol_found(Protocol::Http1);
+            if !read.is_empty() {
+                shared.bytes_arrived();
+                io.inner_mut().give_back(&read);
+            }
+            Conn::http1(io, service, &ctx.http)
+        }
+    };
     let end = drive(Box::pin(conn), home, &shared, ctx.clone(), fd).await;
     drop(open);
     let (farewell, io) = match end {
@@ -454,17 +453,17 @@ trait GracefulShutdown {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S, E, B> GracefulShutdown for auto::UpgradeableConnection<'_, I, S, E>
+impl<I, S, B> GracefulShutdown for Conn<I, S>
 where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: Body + 'static,
     B::Error: Into<BoxError>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    hyper_util::rt::TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
-        auto::UpgradeableConnection::graceful_shutdown(self);
+        Conn::graceful_shutdown(self.get_mut());
     }
 }
 

@@ -101,10 +101,6 @@ impl Policy {
         }
     }
 
-    pub fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-
     pub fn timeouts(&self) -> &ConnectionTimeouts {
         &self.timeouts
     }

@@ -39,7 +39,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-pub type AppBody = UnsyncBoxBody<Bytes, Infallible>;
+/// A response's body: a whole one without a box (every route but one, so
+/// `/` allocates nothing for its body), or a stream (`/events`).
+pub type AppBody = http_body_util::Either<Full<Bytes>, UnsyncBoxBody<Bytes, Infallible>>;
 
 /// Longest delay /slow grants by default.
 const DEFAULT_SLOW_MAX: Duration = Duration::from_secs(60);
@@ -212,7 +214,7 @@ impl App {
             app: self.inner.clone(),
             ended: false,
         };
-        let mut response = Response::new(body.boxed_unsync());
+        let mut response = Response::new(http_body_util::Either::Right(body.boxed_unsync()));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -261,7 +263,7 @@ fn websocket(mut request: Request<Incoming>) -> Response<AppBody> {
             Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),
         }
     });
-    let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
+    let mut response = Response::new(http_body_util::Either::Left(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -333,7 +335,7 @@ fn not_allowed(allow: &'static str) -> Response<AppBody> {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AppBody> {
-    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
+    let mut response = Response::new(http_body_util::Either::Left(Full::new(body.into())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
