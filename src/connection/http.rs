@@ -121,8 +121,7 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
-    /// A connection that speaks HTTP/1 for sure: one a process handed over.
-    pub fn http1(io: Io<I>, service: S, http: &Http) -> Self {
+    fn http1(io: Io<I>, service: S, http: &Http) -> Self {
         Conn::Http1(Box::pin(
             http.h1.serve_connection(io, service).with_upgrades(),
         ))

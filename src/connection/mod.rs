@@ -54,7 +54,7 @@ pub(crate) use handoff::Handoff;
 use http::Conn;
 pub(crate) use http::Http;
 use linger::{Farewell, linger};
-use policy::{Action, Policy, Protocol};
+use policy::{Action, Policy};
 use tracking::{Movable, Shared, State, Tracked, Tracking};
 
 /// Any error, as hyper and tower pass them.
@@ -149,17 +149,14 @@ pub(crate) async fn serve<I, S, B>(
         shared: shared.clone(),
         max_body_bytes: ctx.limits.max_body_bytes,
     };
-    let conn = match handed_over {
-        None => Conn::sniffing(io, service, ctx.http.clone(), shared.clone()),
-        Some(read) => {
-            shared.protocol_found(Protocol::Http1);
-            if !read.is_empty() {
-                shared.bytes_arrived();
-                io.inner_mut().give_back(&read);
-            }
-            Conn::http1(io, service, &ctx.http)
-        }
-    };
+    if let Some(read) = handed_over.filter(|read| !read.is_empty()) {
+        shared.bytes_arrived();
+        io.inner_mut().give_back(&read);
+    }
+    // A handed-over connection speaks HTTP/1, and its first bytes say so
+    // as well: until they come, it holds no hyper connection and none of
+    // its buffers, as a connection just accepted does not.
+    let conn = Conn::sniffing(io, service, ctx.http.clone(), shared.clone());
     let end = drive(Box::pin(conn), home, &shared, ctx.clone(), fd).await;
     drop(open);
     let (farewell, io) = match end {

@@ -458,10 +458,17 @@ impl<I> Tracked<I> {
         }
     }
 
-    /// Makes `bytes`, already read (and noted), the next ones read.
+    /// Makes `bytes`, already read (and noted), the next ones read, ahead
+    /// of any given back before.
     pub fn give_back(&mut self, bytes: &[u8]) {
-        debug_assert!(self.again.is_empty(), "given back twice");
-        self.again = Bytes::copy_from_slice(bytes);
+        if self.again.is_empty() {
+            self.again = Bytes::copy_from_slice(bytes);
+        } else {
+            let mut joined = Vec::with_capacity(bytes.len() + self.again.len());
+            joined.extend_from_slice(bytes);
+            joined.extend_from_slice(&self.again);
+            self.again = joined.into();
+        }
     }
 
     fn io(&mut self) -> &mut I {
@@ -766,6 +773,29 @@ impl<B: Body<Data = Bytes>> Body for TrackedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::ConnectionTimeouts;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bytes_given_back_are_read_first_in_order_then_the_socket() {
+        let (_trigger, watch) = drain::channel();
+        let shared = Arc::new(Shared::new(
+            State::new(Policy::new(ConnectionTimeouts::default(), 0.0)),
+            watch,
+        ));
+        let (a, mut b) = tokio::io::duplex(64);
+        b.write_all(b"st: x\r\n\r\n").await.unwrap();
+        drop(b);
+        let (home, _) = oneshot::channel();
+        let mut io = Tracked::new(a, shared, home);
+        // A handed-over connection came with "GET / HTTP/1.1\r\nHo"; the
+        // sniff read its first 6 bytes again and gives them back.
+        io.give_back(b"HTTP/1.1\r\nHo");
+        io.give_back(b"GET / ");
+        let mut all = String::new();
+        io.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
 
     #[test]
     fn a_response_during_the_drain_closes_and_says_so_in_its_clients_version() {
