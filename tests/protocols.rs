@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use handover::settings::ConnectionTimeouts;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -232,6 +232,82 @@ async fn an_http2_stream_in_flight_completes_and_the_client_is_sent_away() {
     // The next connection lands on the sibling.
     let (mut sender, _conn) = http2(sibling.addr).await;
     assert_eq!(sender.send_request(get("/")).await.unwrap().status(), 200);
+    let report = server.report().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.connections_at_start, 1);
+}
+
+/// One HTTP/2 frame as it came off the wire.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+/// The next frame, or `None` at the end of the connection.
+async fn read_frame(tcp: &mut TcpStream) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    match tcp.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        // A reset would be the unclean end this test looks for.
+        Err(err) => panic!("the connection did not end cleanly: {err}"),
+    }
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; length];
+    tcp.read_exact(&mut payload).await.unwrap();
+    Some(Frame {
+        kind: head[3],
+        flags: head[4],
+        payload,
+    })
+}
+
+/// An HTTP/2 client that never acknowledges anything (RFC 9113 §6.7 says
+/// it must, and some do not) does not hold the drain: it gets the GOAWAY
+/// and its PING, and once the grace has passed the connection ends with a
+/// FIN, long before the deadline.
+#[tokio::test]
+async fn an_http2_client_that_never_acknowledges_is_closed_after_the_grace() {
+    const GOAWAY: u8 = 0x7;
+    const PING: u8 = 0x6;
+    const ACK: u8 = 0x1;
+    let deadline = Duration::from_secs(30);
+    let (mut server, _socket) = TestServer::start(deadline);
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // The preface and an empty SETTINGS frame; then not a byte more.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let settings = read_frame(&mut tcp).await.expect("the server's SETTINGS");
+    // The server spoke HTTP/2 first: the connection is served, and counted.
+    assert_eq!(settings.kind, 0x4, "the server's SETTINGS");
+
+    let started = server.begin_drain().await;
+    let (mut goaway, mut ping) = (None, false);
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut tcp))
+        .await
+        .expect("the connection ends well before the deadline")
+    {
+        match frame.kind {
+            GOAWAY => {
+                let last = u32::from_be_bytes(frame.payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+                goaway.get_or_insert(last);
+            }
+            PING if frame.flags & ACK == 0 => ping = true,
+            _ => {}
+        }
+    }
+    let ended_at = started.elapsed();
+    // The first GOAWAY of the two-step shutdown names the highest stream id:
+    // streams the client opened meanwhile would still be served.
+    assert_eq!(goaway, Some(0x7fff_ffff), "a graceful GOAWAY first");
+    assert!(ping, "the GOAWAY's PING");
+    assert!(
+        ended_at >= support::inprocess::GRACE && ended_at < deadline / 3,
+        "the silent connection ended {ended_at:?} after the drain began (grace {:?})",
+        support::inprocess::GRACE
+    );
     let report = server.report().await;
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.connections_at_start, 1);

@@ -184,6 +184,10 @@ struct Logged {
     lines: mpsc::Receiver<(Instant, String)>,
     exit: mpsc::Receiver<(Instant, ExitStatus)>,
     seen: Vec<String>,
+    /// Lines read while looking for another: both processes write, so the
+    /// new one's lines may come before the old one's that precede them in
+    /// the handover.
+    unmatched: Vec<(Instant, String)>,
 }
 
 impl Logged {
@@ -215,11 +219,16 @@ impl Logged {
             lines,
             exit,
             seen: Vec::new(),
+            unmatched: Vec::new(),
         }
     }
 
-    /// The next line containing `part`, and when it came.
+    /// The first line containing `part` not returned before, and when it
+    /// came.
     fn line(&mut self, part: &str) -> (Instant, String) {
+        if let Some(i) = self.unmatched.iter().position(|(_, l)| l.contains(part)) {
+            return self.unmatched.remove(i);
+        }
         let until = Instant::now() + EVENT_LIMIT;
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -229,6 +238,7 @@ impl Logged {
                     if line.contains(part) {
                         return (at, line);
                     }
+                    self.unmatched.push((at, line));
                 }
                 Err(_) => panic!(
                     "no line with {part:?} from the app; its output:\n{}",
