@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use support::consumer::{NAME, crate_dir, orders_binary};
 use support::load::Load;
-use support::packages::{boot_service_with_packages, consumer_debs};
+use support::packages::{
+    assert_clean, assert_nothing_left, boot_service_with_packages, consumer_debs, run_step,
+};
 use support::process::http_get;
 use support::service::{assert_no_loss, blocking};
 use support::systemd::{Install, SystemdBox, can_boot};
@@ -255,42 +257,6 @@ async fn orders_rolls_out_ten_times_under_load_and_logs_as_orders() {
     );
 }
 
-/// What a dpkg command did.
-struct Step {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn dpkg(sd: &SystemdBox, args: &[&str]) -> Step {
-    let out = sd.run("dpkg", args);
-    Step {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The step succeeded and printed no error or warning; stderr may carry
-/// only systemctl's notes on enabling and disabling units.
-fn assert_clean(what: &str, step: &Step, sd: &SystemdBox) {
-    println!("{what}:\n{}{}", step.stdout, step.stderr);
-    let unexpected: Vec<&str> = step
-        .stderr
-        .lines()
-        .filter(|l| !l.starts_with("Created symlink ") && !l.starts_with("Removed "))
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    assert!(
-        step.ok && unexpected.is_empty(),
-        "{what}: ok={} stderr:\n{}\nstdout:\n{}\njournal:\n{}",
-        step.ok,
-        step.stderr,
-        step.stdout,
-        sd.journal(&[])
-    );
-}
-
 /// What /proc says the process runs: `/usr/bin/orders`, or `/usr/bin/orders
 /// (deleted)` once a package replaced the file under it.
 fn exe(sd: &SystemdBox, pid: &str) -> String {
@@ -311,27 +277,6 @@ fn installed_version(sd: &SystemdBox) -> Option<String> {
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.strip_prefix("installed ").map(str::to_owned)
-}
-
-/// Nothing of orders runs, and nothing listens on its port.
-fn assert_nothing_left(sd: &SystemdBox, addr: SocketAddr, when: &str) {
-    let units = sd.systemctl_ok(&[
-        "list-units",
-        "--all",
-        "--plain",
-        "--no-legend",
-        "--state=active,activating,deactivating,reloading",
-        "orders*",
-    ]);
-    assert!(units.trim().is_empty(), "{when}: still running:\n{units}");
-    let processes = sd.run("pgrep", &["-a", "-x", NAME]);
-    assert!(
-        !processes.status.success(),
-        "{when}: orders processes left: {}",
-        String::from_utf8_lossy(&processes.stdout)
-    );
-    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2));
-    assert!(refused.is_err(), "{when}: {addr} still accepts connections");
 }
 
 fn exists(sd: &SystemdBox, path: &str) -> bool {
@@ -360,7 +305,7 @@ async fn orders_deb_installs_upgrades_as_a_rolling_reload_and_purges() {
     let (first, second) = (files[0].clone(), files[1].clone());
 
     // Install: enabled, started, both instances serving its default setting.
-    let step = blocking(&sd, move |sd| dpkg(sd, &["-i", &first])).await;
+    let step = blocking(&sd, move |sd| run_step(sd, "dpkg", &["-i", &first])).await;
     assert_clean("install", &step, &sd);
     assert_eq!(
         installed_version(&sd).as_deref(),
@@ -379,7 +324,7 @@ async fn orders_deb_installs_upgrades_as_a_rolling_reload_and_purges() {
     // Upgrade under load: `orders rollout --if-running` from postinst.
     let load = Load::start(addr, LOAD_PATH, KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
     let upgrade_started = Instant::now();
-    let step = blocking(&sd, move |sd| dpkg(sd, &["-i", &second])).await;
+    let step = blocking(&sd, move |sd| run_step(sd, "dpkg", &["-i", &second])).await;
     let upgrade_took = upgrade_started.elapsed();
     let mut during = load.stop().await;
     assert_clean("upgrade", &step, &sd);
@@ -411,9 +356,9 @@ async fn orders_deb_installs_upgrades_as_a_rolling_reload_and_purges() {
 
     // Remove: everything stops, each instance draining; the settings file,
     // a conffile, stays until purge.
-    let step = blocking(&sd, |sd| dpkg(sd, &["--remove", NAME])).await;
+    let step = blocking(&sd, |sd| run_step(sd, "dpkg", &["--remove", NAME])).await;
     assert_clean("remove", &step, &sd);
-    assert_nothing_left(&sd, addr, "after remove");
+    assert_nothing_left(&sd, NAME, addr, "after remove");
     assert!(
         exists(&sd, "/etc/orders/orders.toml"),
         "remove took the conffile"
@@ -447,9 +392,9 @@ async fn orders_deb_installs_upgrades_as_a_rolling_reload_and_purges() {
 
     // Purge: no file, unit, enablement link or configuration is left. The
     // administrator's own drop-in (orders.socket.d) is theirs.
-    let step = blocking(&sd, |sd| dpkg(sd, &["--purge", NAME])).await;
+    let step = blocking(&sd, |sd| run_step(sd, "dpkg", &["--purge", NAME])).await;
     assert_clean("purge", &step, &sd);
-    assert_nothing_left(&sd, addr, "after purge");
+    assert_nothing_left(&sd, NAME, addr, "after purge");
     assert_eq!(installed_version(&sd), None);
     let out = sd.systemctl(&["list-unit-files", "--plain", "--no-legend", "orders*"]);
     let unit_files = String::from_utf8_lossy(&out.stdout);

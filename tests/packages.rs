@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use handover::fault::HANG_MESSAGE;
 use support::fault::fault_binary;
 use support::load::Load;
-use support::packages::{Built, boot_with_packages, packages};
+use support::packages::{
+    Built, Step, assert_clean, assert_nothing_left, boot_with_packages, packages, run_step,
+};
 use support::raw::{End, RawConn};
 use support::service::{assert_no_loss, assert_serving, blocking, versions};
 use support::systemd::{SystemdBox, can_boot};
@@ -26,13 +28,6 @@ enum Format {
     Rpm,
 }
 
-/// What a package manager command did.
-struct Step {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 impl Format {
     fn file(self, built: &Built) -> &std::path::Path {
         match self {
@@ -44,63 +39,32 @@ impl Format {
     /// Installs or upgrades to `inside` (a path in the box).
     fn install(self, sd: &SystemdBox, inside: &str, upgrade: bool) -> Step {
         match self {
-            Format::Deb => run(sd, "dpkg", &["-i", inside]),
+            Format::Deb => run_step(sd, "dpkg", &["-i", inside]),
             // --nodeps: a Debian host's rpm database knows none of the
             // libraries the package requires (libc and friends are dpkg's).
             // --force-debian: Debian's rpm otherwise warns that it is not
             // Debian's package manager.
             Format::Rpm => {
                 let verb = if upgrade { "-U" } else { "-i" };
-                run(sd, "rpm", &[verb, "--force-debian", "--nodeps", inside])
+                run_step(sd, "rpm", &[verb, "--force-debian", "--nodeps", inside])
             }
         }
     }
 
     fn remove(self, sd: &SystemdBox) -> Step {
         match self {
-            Format::Deb => run(sd, "dpkg", &["-r", "app"]),
-            Format::Rpm => run(sd, "rpm", &["-e", "--force-debian", "--nodeps", "app"]),
+            Format::Deb => run_step(sd, "dpkg", &["-r", "app"]),
+            Format::Rpm => run_step(sd, "rpm", &["-e", "--force-debian", "--nodeps", "app"]),
         }
     }
 
     /// dpkg's purge; rpm has none (erasing removes an unmodified config file).
     fn purge(self, sd: &SystemdBox) -> Option<Step> {
         match self {
-            Format::Deb => Some(run(sd, "dpkg", &["-P", "app"])),
+            Format::Deb => Some(run_step(sd, "dpkg", &["-P", "app"])),
             Format::Rpm => None,
         }
     }
-}
-
-fn run(sd: &SystemdBox, program: &str, args: &[&str]) -> Step {
-    let out = sd.run(program, args);
-    Step {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The step succeeded and printed no error or warning. stderr may carry
-/// only systemctl's notes on enabling and disabling units ("Created symlink
-/// …", "Removed …"), which every Debian service package prints when
-/// deb-systemd-helper enables it (through `systemctl preset`).
-fn assert_clean(what: &str, step: &Step, sd: &SystemdBox) {
-    println!("{what}:\n{}{}", step.stdout, step.stderr);
-    let unexpected: Vec<&str> = step
-        .stderr
-        .lines()
-        .filter(|l| !l.starts_with("Created symlink ") && !l.starts_with("Removed "))
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    assert!(
-        step.ok && unexpected.is_empty(),
-        "{what}: ok={} stderr:\n{}\nstdout:\n{}\njournal:\n{}",
-        step.ok,
-        step.stderr,
-        step.stdout,
-        sd.journal(&[])
-    );
 }
 
 fn boot(format: Format, builds: &[&Built]) -> (Arc<SystemdBox>, SocketAddr, Vec<String>) {
@@ -222,36 +186,16 @@ async fn lifecycle(format: Format, test: &str) {
         (2, 2),
         "each instance hands over on upgrade and drains cleanly on removal:\n{journal}"
     );
-    assert_nothing_left(&sd, addr, "after remove");
+    assert_nothing_left(&sd, "app", addr, "after remove");
 
     if let Some(step) = blocking(&sd, move |sd| format.purge(sd)).await {
         assert_clean("purge", &step, &sd);
     }
-    assert_nothing_left(&sd, addr, "after purge");
+    assert_nothing_left(&sd, "app", addr, "after purge");
     assert_no_trace(&sd);
 }
 
 /// Nothing runs and nothing listens.
-fn assert_nothing_left(sd: &SystemdBox, addr: SocketAddr, when: &str) {
-    let units = sd.systemctl_ok(&[
-        "list-units",
-        "--all",
-        "--plain",
-        "--no-legend",
-        "--state=active,activating,deactivating,reloading",
-        "app*",
-    ]);
-    assert!(units.trim().is_empty(), "{when}: still running:\n{units}");
-    let processes = sd.run("pgrep", &["-a", "-x", "app"]);
-    assert!(
-        !processes.status.success(),
-        "{when}: app processes left: {}",
-        String::from_utf8_lossy(&processes.stdout)
-    );
-    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2));
-    assert!(refused.is_err(), "{when}: {addr} still accepts connections");
-}
-
 /// No file of the package, enablement link, mask or configuration remains.
 /// The administrator's own drop-in (app.socket.d) is theirs to remove.
 fn assert_no_trace(sd: &SystemdBox) {

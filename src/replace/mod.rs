@@ -190,7 +190,12 @@ pub(crate) async fn start_successor(
     // in either order: a quick new process may say Hello first.
     let mut spawned: Option<Spawned> = None;
     let mut hello = None;
-    while spawned.is_none() || hello.is_none() {
+    let (mut spawned, takes_connections) = loop {
+        if let Some(takes_connections) = hello
+            && let Some(spawned) = spawned.take()
+        {
+            break (spawned, takes_connections);
+        }
         match expect(&channel, "Spawned and Hello", until).await {
             Ok((Message::Spawned { pid }, _)) if spawned.is_none() => {
                 spawned = Some(Spawned {
@@ -226,9 +231,6 @@ pub(crate) async fn start_successor(
             }
             Err(err) => return Err(err),
         }
-    }
-    let (Some(mut spawned), Some(takes_connections)) = (spawned, hello) else {
-        unreachable!("the loop ends with both");
     };
     let watchdog_usec = watchdog.map_or(0, |w| w.as_micros() as u64);
     channel

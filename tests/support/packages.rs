@@ -4,9 +4,13 @@
 //! good, for an upgrade, and one whose binary fails to start, for an upgrade
 //! that must stop and leave the old version serving.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::systemd::SystemdBox;
 
 /// One build of the tree.
 pub struct Built {
@@ -356,4 +360,64 @@ fn build_consumer() -> Result<ConsumerDebs, String> {
             deb: second,
         },
     })
+}
+
+/// What a package manager command did.
+pub struct Step {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a package manager command in the box.
+pub fn run_step(sd: &SystemdBox, program: &str, args: &[&str]) -> Step {
+    let out = sd.run(program, args);
+    Step {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The step succeeded and printed no error or warning. stderr may carry
+/// only systemctl's notes on enabling and disabling units ("Created symlink
+/// …", "Removed …"), which every Debian service package prints when
+/// deb-systemd-helper enables it (through `systemctl preset`).
+pub fn assert_clean(what: &str, step: &Step, sd: &SystemdBox) {
+    println!("{what}:\n{}{}", step.stdout, step.stderr);
+    let unexpected: Vec<&str> = step
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("Created symlink ") && !l.starts_with("Removed "))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        step.ok && unexpected.is_empty(),
+        "{what}: ok={} stderr:\n{}\nstdout:\n{}\njournal:\n{}",
+        step.ok,
+        step.stderr,
+        step.stdout,
+        sd.journal(&[])
+    );
+}
+
+/// Nothing of the service `name` runs, and nothing listens on its address.
+pub fn assert_nothing_left(sd: &SystemdBox, name: &str, addr: SocketAddr, when: &str) {
+    let units = sd.systemctl_ok(&[
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "--state=active,activating,deactivating,reloading",
+        &format!("{name}*"),
+    ]);
+    assert!(units.trim().is_empty(), "{when}: still running:\n{units}");
+    let processes = sd.run("pgrep", &["-a", "-x", name]);
+    assert!(
+        !processes.status.success(),
+        "{when}: {name} processes left: {}",
+        String::from_utf8_lossy(&processes.stdout)
+    );
+    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+    assert!(refused.is_err(), "{when}: {addr} still accepts connections");
 }
