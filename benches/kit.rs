@@ -572,30 +572,37 @@ fn show(name: &str, w: &Wrk) {
     );
 }
 
+/// Calls `run(name, round)` for "baseline" and "app", `rounds` times, in
+/// ABBA order (baseline, app, app, baseline, ...): a drift in the machine's
+/// speed over the section weighs on both alike.
+fn abba(rounds: usize, mut run: impl FnMut(&str, usize)) {
+    for round in 1..=rounds {
+        let order = if round % 2 == 1 {
+            ["baseline", "app"]
+        } else {
+            ["app", "baseline"]
+        };
+        for name in order {
+            run(name, round);
+        }
+    }
+}
+
 fn steady(app: &Path, baseline: &Path, report: &mut Report) {
     let app = Server::app(app, &[]);
     let base = Server::baseline(baseline, &[]);
     // Warm both up (connections, allocator, caches) before measuring.
     wrk(base.addr, STEADY_CONNECTIONS, 2);
     wrk(app.addr, STEADY_CONNECTIONS, 2);
-    for round in 1..=STEADY_ROUNDS {
-        let mut run = |name: &str| {
-            let (addr, runs) = match name {
-                "app" => (app.addr, &mut report.steady_app),
-                _ => (base.addr, &mut report.steady_baseline),
-            };
-            let w = wrk(addr, STEADY_CONNECTIONS, STEADY_SECONDS);
-            show(&format!("{name} {round}"), &w);
-            runs.push(w);
+    abba(STEADY_ROUNDS, |name, round| {
+        let (addr, runs) = match name {
+            "app" => (app.addr, &mut report.steady_app),
+            _ => (base.addr, &mut report.steady_baseline),
         };
-        if round % 2 == 1 {
-            run("baseline");
-            run("app");
-        } else {
-            run("app");
-            run("baseline");
-        }
-    }
+        let w = wrk(addr, STEADY_CONNECTIONS, STEADY_SECONDS);
+        show(&format!("{name} {round}"), &w);
+        runs.push(w);
+    });
     println!(
         "app / baseline, median of the rounds: {:.3}×",
         report.steady_ratio()

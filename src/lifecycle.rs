@@ -354,9 +354,9 @@ impl<T: ServiceSettings> Lifecycle<T> {
         }
     }
 
-    async fn drain(self, server: Server, signal: &str, intents: &mut Intents) -> Outcome {
+    async fn drain(self, mut server: Server, signal: &str, intents: &mut Intents) -> Outcome {
         let deadline = self.settings_tx.borrow().drain_deadline;
-        let connections = server.connections();
+        let connections = server.stop_accepting().await;
         tracing::info!(signal, connections, deadline = ?deadline, "drain started");
         self.notifier.notify(&[
             NotifyState::Stopping,

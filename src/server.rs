@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, BoxError, ConnectionContext, Handoff, Http, Slots};
+use crate::connection::{self, BoxError, ConnectionContext, Handoff, Http, Open, Slots};
 use crate::drain;
 use crate::listeners::{Listener, StdListener};
 use crate::settings::{ConnectionTimeouts, Limits};
@@ -175,6 +175,8 @@ pub struct Server {
     handoff: Arc<OnceLock<Handoff>>,
     adopt: Adopt,
     accept_loops: Vec<JoinHandle<()>>,
+    /// Ends the accept loops, before the drain starts.
+    stop_accepting: CancellationToken,
     connections: TaskTracker,
     cut: CancellationToken,
     open: Arc<AtomicUsize>,
@@ -282,6 +284,7 @@ impl Server {
                 adopt(fd, read, service, ctx.clone(), &connections)
             })
         };
+        let stop_accepting = CancellationToken::new();
         let mut accept_loops = Vec::with_capacity(listeners.len());
         for listener in listeners {
             let handle = match listener.socket {
@@ -290,12 +293,14 @@ impl Server {
                     service.clone(),
                     ctx.clone(),
                     connections.clone(),
+                    stop_accepting.clone(),
                 )),
                 StdListener::Unix(l) => tokio::spawn(accept_loop(
                     tokio::net::UnixListener::from_std(l)?,
                     service.clone(),
                     ctx.clone(),
                     connections.clone(),
+                    stop_accepting.clone(),
                 )),
             };
             accept_loops.push(handle);
@@ -306,6 +311,7 @@ impl Server {
             handoff: ctx.handoff,
             adopt,
             accept_loops,
+            stop_accepting,
             connections,
             cut: ctx.cut,
             open: ctx.open,
@@ -356,6 +362,20 @@ impl Server {
         (report, counts)
     }
 
+    /// Stops taking connections from the listeners and returns how many are
+    /// open: exactly those the drain then holds, since the drain starts only
+    /// after. Counted the other way round, a connection accepted as the
+    /// drain started would be missed, or one the drain had already closed
+    /// left out.
+    pub(crate) async fn stop_accepting(&mut self) -> usize {
+        self.stop_accepting.cancel();
+        for accept_loop in self.accept_loops.drain(..) {
+            // The loops end at the token, dropping their listeners.
+            let _ = accept_loop.await;
+        }
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting, lets every connection finish, and cuts those still
     /// open after `deadline`. `progress` is called about once a second.
     pub async fn drain(
@@ -367,23 +387,19 @@ impl Server {
     }
 
     async fn drain_with(
-        self,
+        mut self,
         deadline: Duration,
         mut progress: impl FnMut(DrainProgress),
         handing_over: bool,
     ) -> DrainReport {
+        let connections_at_start = self.stop_accepting().await;
         let started = if handing_over {
             self.trigger.start_handover()
         } else {
             self.trigger.start()
         };
         drop(self.listener_fds);
-        for accept_loop in self.accept_loops {
-            // The loops end at the drain signal, dropping their listeners.
-            let _ = accept_loop.await;
-        }
         self.connections.close();
-        let connections_at_start = self.open.load(Ordering::Relaxed);
         let deadline_at = started + deadline;
         let mut ticks = tokio::time::interval(PROGRESS_EVERY);
         let finished = self.connections.wait();
@@ -434,6 +450,7 @@ async fn accept_loop<L, S, B>(
     service: S,
     ctx: ConnectionContext,
     connections: TaskTracker,
+    stop: CancellationToken,
 ) where
     L: Accept,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -445,8 +462,11 @@ async fn accept_loop<L, S, B>(
     let drain = ctx.drain.clone();
     loop {
         let (accepted, slot) = tokio::select! {
-            // Checked first: once draining, we take nothing more from the queue.
+            // Checked first: once stopped, we take nothing more from the
+            // queue. The drain also stops it, should the server be dropped
+            // without one (its trigger then reads as draining).
             biased;
+            _ = stop.cancelled() => break,
             _ = drain.draining() => break,
             // At max_connections no slot is free: we stop taking connections
             // and they wait in the queue.
@@ -457,12 +477,13 @@ async fn accept_loop<L, S, B>(
         };
         match accepted {
             Ok(io) => {
+                let open = Open::new(&ctx.open);
                 connections.spawn(connection::serve(
                     io,
                     None,
                     service.clone(),
                     ctx.clone(),
-                    slot,
+                    (slot, open),
                 ));
             }
             Err(err) if is_transient(&err) => {}
@@ -496,12 +517,26 @@ where
         let stream = std::os::unix::net::UnixStream::from(fd);
         stream.set_nonblocking(true)?;
         let io = tokio::net::UnixStream::from_std(stream)?;
-        connections.spawn(connection::serve(io, Some(read), service, ctx, slot));
+        let open = Open::new(&ctx.open);
+        connections.spawn(connection::serve(
+            io,
+            Some(read),
+            service,
+            ctx,
+            (slot, open),
+        ));
     } else {
         let stream = std::net::TcpStream::from(fd);
         stream.set_nonblocking(true)?;
         let io = tokio::net::TcpStream::from_std(stream)?;
-        connections.spawn(connection::serve(io, Some(read), service, ctx, slot));
+        let open = Open::new(&ctx.open);
+        connections.spawn(connection::serve(
+            io,
+            Some(read),
+            service,
+            ctx,
+            (slot, open),
+        ));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{Server, median, ms, wrk_duration};
+use super::{Server, abba, median, ms, wrk_duration};
 
 pub const CONNECTIONS: u32 = 64;
 /// Streams each connection keeps in flight.
@@ -68,31 +68,22 @@ pub fn measure(app: &Path, baseline: &Path) -> Figures {
     h2load(base.addr, 2);
     h2load(app.addr, 2);
     let mut figures = Figures::default();
-    for round in 1..=ROUNDS {
-        let mut run = |name: &str| {
-            let (addr, runs) = match name {
-                "app" => (app.addr, &mut figures.app),
-                _ => (base.addr, &mut figures.baseline),
-            };
-            let h = h2load(addr, SECONDS);
-            println!(
-                "{:>10}: {:>9.0} req/s  mean {:>9}  succeeded {}  failed {}",
-                format!("{name} {round}"),
-                h.requests_per_sec,
-                ms(h.mean),
-                h.succeeded,
-                h.failed
-            );
-            runs.push(h);
+    abba(ROUNDS, |name, round| {
+        let (addr, runs) = match name {
+            "app" => (app.addr, &mut figures.app),
+            _ => (base.addr, &mut figures.baseline),
         };
-        if round % 2 == 1 {
-            run("baseline");
-            run("app");
-        } else {
-            run("app");
-            run("baseline");
-        }
-    }
+        let h = h2load(addr, SECONDS);
+        println!(
+            "{:>10}: {:>9.0} req/s  mean {:>9}  succeeded {}  failed {}",
+            format!("{name} {round}"),
+            h.requests_per_sec,
+            ms(h.mean),
+            h.succeeded,
+            h.failed
+        );
+        runs.push(h);
+    });
     println!(
         "app / baseline, median of the rounds: {:.3}×",
         figures.ratio()

@@ -83,9 +83,17 @@ pub(crate) struct ConnectionContext {
     pub handoff: Arc<OnceLock<Handoff>>,
 }
 
-/// Decrements the open-connection count when the connection stops counting as
-/// one the deadline would cut.
-struct Open(Arc<AtomicUsize>);
+/// Counts a connection as open, from where it is accepted (before its task
+/// first runs, so a drain that stops the accept loops and then counts sees
+/// it) until it stops counting as one the deadline would cut.
+pub(crate) struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    pub fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -123,7 +131,7 @@ pub(crate) async fn serve<I, S, B>(
     handed_over: Option<Bytes>,
     service: S,
     ctx: ConnectionContext,
-    slot: Slot,
+    (slot, open): (Slot, Open),
 ) where
     I: AsyncRead + AsyncWrite + AsRawFd + AsFd + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -132,8 +140,6 @@ pub(crate) async fn serve<I, S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    ctx.open.fetch_add(1, Ordering::Relaxed);
-    let open = Open(ctx.open.clone());
     let fd = io.as_raw_fd();
     let (home_tx, home) = oneshot::channel();
     let shared = Arc::new(Shared::new(

@@ -9,8 +9,7 @@ use super::systemd::SystemdBox;
 pub struct Drain {
     pub unit: String,
     pub pid: String,
-    /// Connections the drain held (upgraded ones included): the end line's
-    /// count when there is one, else the start line's.
+    /// Connections open when the drain started (upgraded ones included).
     pub connections: u64,
     /// How it ended; `None` when the journal has no end for it.
     pub end: Option<DrainEnd>,
@@ -88,12 +87,6 @@ pub fn drains(sd: &SystemdBox, identifier: &str) -> Vec<Drain> {
             .rev()
             .find(|d| d.pid == pid && d.end.is_none())
             .unwrap_or_else(|| panic!("{unit} (pid {pid}): {message:?} without a drain started"));
-        // The end line counts the connections the drain held, those the
-        // accept loops took in while the listeners closed included; the
-        // start line's count is from just before.
-        if let Some(connections) = number(entry, "connections") {
-            started.connections = connections;
-        }
         started.end = Some(end);
     }
     drains
