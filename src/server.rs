@@ -512,31 +512,17 @@ where
     let unix = rustix::net::getsockname(&fd)?.address_family() == rustix::net::AddressFamily::UNIX;
     // A handed-over connection is served even at max_connections: its
     // client is mid-conversation, and it was counted in the old process.
-    let slot = ctx.slots.force();
+    let admitted = (ctx.slots.force(), Open::new(&ctx.open));
     if unix {
         let stream = std::os::unix::net::UnixStream::from(fd);
         stream.set_nonblocking(true)?;
         let io = tokio::net::UnixStream::from_std(stream)?;
-        let open = Open::new(&ctx.open);
-        connections.spawn(connection::serve(
-            io,
-            Some(read),
-            service,
-            ctx,
-            (slot, open),
-        ));
+        connections.spawn(connection::serve(io, Some(read), service, ctx, admitted));
     } else {
         let stream = std::net::TcpStream::from(fd);
         stream.set_nonblocking(true)?;
         let io = tokio::net::TcpStream::from_std(stream)?;
-        let open = Open::new(&ctx.open);
-        connections.spawn(connection::serve(
-            io,
-            Some(read),
-            service,
-            ctx,
-            (slot, open),
-        ));
+        connections.spawn(connection::serve(io, Some(read), service, ctx, admitted));
     }
     Ok(())
 }

@@ -9,7 +9,6 @@
 //! to hyper from its buffer, and the protocol goes to the close policy at
 //! the same time.
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,9 +20,9 @@ use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::BoxError;
 use super::policy::Protocol;
 use super::tracking::{Shared, Tracked};
+use super::{BoxError, GracefulShutdown};
 use crate::settings::Limits;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4): how an h2c client with
@@ -112,24 +111,17 @@ where
     }
 }
 
-impl<I, S, B> Conn<I, S>
+impl<I, S, B> GracefulShutdown for Conn<I, S>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
+    I: AsyncRead + AsyncWrite + Unpin,
     B: Body + 'static,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B::Error: Into<BoxError>,
     TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
-    fn http1(io: Io<I>, service: S, http: &Http) -> Self {
-        Conn::Http1(Box::pin(
-            http.h1.serve_connection(io, service).with_upgrades(),
-        ))
-    }
-
-    /// Asks the connection to end once what is in flight is done.
-    pub fn graceful_shutdown(&mut self) {
-        match self {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.get_mut() {
             Conn::Sniffing { shutdown, .. } => *shutdown = true,
             Conn::Http1(conn) => conn.as_mut().graceful_shutdown(),
             Conn::Http2(conn) => conn.as_mut().graceful_shutdown(),
@@ -144,7 +136,7 @@ where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     B: Body + 'static,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B::Error: Into<BoxError>,
     TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     type Output = Result<(), BoxError>;
@@ -198,7 +190,9 @@ where
                         Protocol::Http2 => {
                             Conn::Http2(Box::pin(http.h2.serve_connection(io, service)))
                         }
-                        _ => Conn::http1(io, service, http),
+                        _ => Conn::Http1(Box::pin(
+                            http.h1.serve_connection(io, service).with_upgrades(),
+                        )),
                     };
                 }
             }

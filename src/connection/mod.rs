@@ -456,20 +456,6 @@ trait GracefulShutdown {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S, B> GracefulShutdown for Conn<I, S>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    B: Body + 'static,
-    B::Error: Into<BoxError>,
-    hyper_util::rt::TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        Conn::graceful_shutdown(self.get_mut());
-    }
-}
-
 /// Wakes the connection's task on behalf of its control futures (the cut,
 /// the drain, a reload, an earlier due time, the timer), and says so: the
 /// task then polls them only when one of them, and not traffic, woke it.
