@@ -72,8 +72,8 @@ pub(super) struct State {
 }
 
 /// The connection's activity as atomics: see [`Shared`]. Times are
-/// nanoseconds of the coarse monotonic clock ([`coarse_nanos`]), read at
-/// `epoch` as `epoch_nanos`.
+/// nanoseconds of the coarse monotonic clock ([`coarse_nanos`]); `epoch`
+/// is when it read `epoch_nanos`, give or take its resolution.
 struct Hot {
     epoch: Instant,
     epoch_nanos: u64,
@@ -101,7 +101,11 @@ impl Hot {
     fn new() -> Self {
         Self {
             epoch: Instant::now(),
-            epoch_nanos: coarse_nanos(),
+            // A tick before what the coarse clock says: a stamp may lag the
+            // moment it marks by up to a tick, and the epoch as much the
+            // other way, so this way no time the policy computes is early
+            // (a timeout fires up to two ticks late, never before it).
+            epoch_nanos: coarse_nanos().saturating_sub(coarse_resolution()),
             in_flight: AtomicU32::new(0),
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
@@ -135,12 +139,25 @@ impl Hot {
 /// request's start and end with, twice per request. It is the clock
 /// `Instant` reads, as of the last timer tick (1 to 10 ms behind), and costs
 /// a fraction of it: no hardware counter read, no conversion. The policy's
-/// times are seconds (a head's timeout, the idle timeout, the drain's grace),
-/// so a tick early is nothing to them.
+/// times are seconds (a head's timeout, the idle timeout, the drain's grace):
+/// a tick or two late is nothing to them, and [`Hot`] makes sure it is
+/// never early.
 ///
 /// Through libc, whose vDSO call valgrind knows: rustix's own vDSO lookup
 /// crashes the process under callgrind.
 fn coarse_nanos() -> u64 {
+    nanos(libc::clock_gettime)
+}
+
+/// The coarse clock's resolution, a timer tick (1 to 10 ms), read once.
+fn coarse_resolution() -> u64 {
+    static RESOLUTION: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RESOLUTION.get_or_init(|| nanos(libc::clock_getres))
+}
+
+/// What `clock_gettime` or `clock_getres` says of CLOCK_MONOTONIC_COARSE,
+/// in nanoseconds.
+fn nanos(read: unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int) -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -148,7 +165,7 @@ fn coarse_nanos() -> u64 {
     // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC_COARSE
     // exists on every Linux since 2.6.32, and cannot fail with a valid
     // pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
+    unsafe { read(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
     (t.tv_sec as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(t.tv_nsec as u64)
