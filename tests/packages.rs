@@ -463,6 +463,9 @@ fn deb_passes_lintian() {
     println!("lintian:\n{text}");
     // E: error, W: warning, I: info, P: pedantic, X: experimental; O: is a
     // tag the package overrides, each with its reason in lintian-overrides.
+    // One override may go unused: whether lintian finds a "misspelled
+    // word" in the binary depends on the bytes of its machine code, which
+    // change with every build (see lintian-overrides).
     let unexplained: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -470,6 +473,7 @@ fn deb_passes_lintian() {
                 .iter()
                 .any(|t| l.starts_with(t))
         })
+        .filter(|l| !l.starts_with("I: app: unused-override spelling-error-in-binary "))
         .collect();
     assert!(
         unexplained.is_empty(),
