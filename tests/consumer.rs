@@ -16,8 +16,8 @@ use support::load::Load;
 use support::packages::{
     assert_clean, assert_nothing_left, boot_service_with_packages, consumer_debs, run_step,
 };
-use support::process::http_get;
-use support::service::{assert_no_loss, blocking};
+use support::process::{http_get, http_get_within};
+use support::service::{ASK_WITHIN, ask_each_instance, assert_no_loss, blocking};
 use support::systemd::{Install, SystemdBox, can_boot};
 
 /// Each client starts a request at most this often.
@@ -42,12 +42,10 @@ struct Order {
     instance: String,
 }
 
-/// Asks `/orders/7` until both default instances have answered (or 500
-/// requests were made); returns the answers by instance.
-fn orders_by_instance(addr: SocketAddr) -> BTreeMap<String, Order> {
-    let mut seen = BTreeMap::new();
-    for _ in 0..500 {
-        let (status, body) = http_get(addr, LOAD_PATH).unwrap();
+/// `/orders/7` as each default instance answers it, by instance.
+fn orders_by_instance(sd: &SystemdBox, addr: SocketAddr) -> BTreeMap<String, Order> {
+    ask_each_instance(sd, NAME, 2, || {
+        let (status, body) = http_get_within(addr, LOAD_PATH, ASK_WITHIN)?;
         assert_eq!(status, 200, "{LOAD_PATH}: {body}");
         let v: serde_json::Value = serde_json::from_str(body.trim())
             .unwrap_or_else(|e| panic!("{LOAD_PATH} is not JSON ({e}): {body}"));
@@ -56,17 +54,15 @@ fn orders_by_instance(addr: SocketAddr) -> BTreeMap<String, Order> {
             total: v["total"].as_str().unwrap_or_default().to_owned(),
             instance: v["instance"].as_str().unwrap_or_default().to_owned(),
         };
-        seen.insert(order.instance.clone(), order);
-        if seen.len() == 2 {
-            break;
-        }
-    }
-    seen
+        Ok((order.instance.clone(), order))
+    })
+    .into_iter()
+    .collect()
 }
 
 /// Both instances answer the consumer's route with its setting applied.
-fn assert_orders_served(addr: SocketAddr, currency: &str) {
-    let seen = orders_by_instance(addr);
+fn assert_orders_served(sd: &SystemdBox, addr: SocketAddr, currency: &str) {
+    let seen = orders_by_instance(sd, addr);
     let instances: Vec<&str> = seen.keys().map(String::as_str).collect();
     assert_eq!(instances, ["1", "2"], "{addr}: {seen:?}");
     for order in seen.values() {
@@ -176,9 +172,7 @@ async fn orders_rolls_out_ten_times_under_load_and_logs_as_orders() {
     })
     .await;
     // Its own setting, from its own section of its own settings file.
-    tokio::task::spawn_blocking(move || assert_orders_served(addr, "USD"))
-        .await
-        .unwrap();
+    blocking(&sd, move |sd| assert_orders_served(sd, addr, "USD")).await;
     let mut before = blocking(&sd, pids).await;
 
     let load = Load::start(addr, LOAD_PATH, KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
@@ -200,9 +194,7 @@ async fn orders_rolls_out_ten_times_under_load_and_logs_as_orders() {
     let mut during = load.stop().await;
     println!("10 rollouts of orders took {rollouts_took:?}");
     assert_no_loss("orders, during 10 rollouts", &mut during);
-    tokio::task::spawn_blocking(move || assert_orders_served(addr, "USD"))
-        .await
-        .unwrap();
+    blocking(&sd, move |sd| assert_orders_served(sd, addr, "USD")).await;
 
     // Its journal lines carry its name: `journalctl -t orders` finds every
     // instance's start (one at boot, one per rollout), `-t app` nothing.
@@ -315,9 +307,7 @@ async fn orders_deb_installs_upgrades_as_a_rolling_reload_and_purges() {
         assert_eq!(sd.property(unit, "UnitFileState"), "enabled", "{unit}");
         assert_eq!(sd.property(unit, "ActiveState"), "active", "{unit}");
     }
-    tokio::task::spawn_blocking(move || assert_orders_served(addr, "EUR"))
-        .await
-        .unwrap();
+    blocking(&sd, move |sd| assert_orders_served(sd, addr, "EUR")).await;
     let before = blocking(&sd, pids).await;
     let socket_before = sd.property("orders.socket", "InvocationID");
 
@@ -350,9 +340,7 @@ async fn orders_deb_installs_upgrades_as_a_rolling_reload_and_purges() {
     let entries = blocking(&sd, |sd| sd.journal_entries(&["-t", NAME])).await;
     let drains = assert_one_always_accepting(&entries, "install and upgrade");
     assert_eq!(drains, 2, "a drain per instance at the upgrade");
-    tokio::task::spawn_blocking(move || assert_orders_served(addr, "EUR"))
-        .await
-        .unwrap();
+    blocking(&sd, move |sd| assert_orders_served(sd, addr, "EUR")).await;
 
     // Remove: everything stops, each instance draining; the settings file,
     // a conffile, stays until purge.

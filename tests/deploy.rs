@@ -117,7 +117,7 @@ fn units_verify_cleanly_and_two_instances_serve() {
     for unit in ["app@1.service", "app@2.service"] {
         assert_eq!(sd.property(unit, "ActiveState"), "active");
     }
-    let seen = versions(addr, 2);
+    let seen = versions(&sd, addr, 2);
     let instances: Vec<&str> = seen.iter().map(|v| v.instance.as_str()).collect();
     assert_eq!(instances, ["1", "2"]);
 }
@@ -157,9 +157,7 @@ async fn ten_rollouts_under_load_lose_nothing() {
     for (old, new) in before.iter().zip(&after) {
         assert_ne!(old, new, "an instance was not restarted");
     }
-    let seen = tokio::task::spawn_blocking(move || versions(addr, 2))
-        .await
-        .unwrap();
+    let seen = blocking(&sd, move |sd| versions(sd, addr, 2)).await;
     let seen: Vec<(String, String)> = seen.into_iter().map(|v| (v.instance, v.pid)).collect();
     let expected = vec![
         ("1".to_owned(), after[0].clone()),

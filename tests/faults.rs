@@ -69,9 +69,7 @@ async fn a_hung_instance_is_killed_by_the_watchdog_and_restarted_while_its_sibli
     .unwrap();
     drop(journal);
     // Traffic reaches the new app@2 as well before the load ends.
-    let seen = tokio::task::spawn_blocking(move || versions(addr, 2))
-        .await
-        .unwrap();
+    let seen = blocking(&sd, move |sd| versions(sd, addr, 2)).await;
     let mut counts = load.stop().await;
     println!(
         "watchdog: app@2 hung; killed after {killed:?} (WatchdogSec=2s), ready again after {ready:?}"

@@ -188,11 +188,7 @@ async fn behind_nginx_a_host_by_host_rollout_and_a_host_stop_lose_nothing() {
     let mut before = Vec::new();
     for host in &hosts {
         let (addr, current) = (host.addr, current.clone());
-        before.push(
-            tokio::task::spawn_blocking(move || assert_serving(addr, &current))
-                .await
-                .unwrap(),
-        );
+        before.push(blocking(&host.sd, move |sd| assert_serving(sd, addr, &current)).await);
     }
     let nginx = Nginx::start(&[hosts[0].addr, hosts[1].addr]);
     println!(
@@ -215,9 +211,7 @@ async fn behind_nginx_a_host_by_host_rollout_and_a_host_stop_lose_nothing() {
             host.name
         );
         let (addr, version) = (host.addr, next.clone());
-        tokio::task::spawn_blocking(move || assert_serving(addr, &version))
-            .await
-            .unwrap();
+        blocking(&host.sd, move |sd| assert_serving(sd, addr, &version)).await;
         println!(
             "host {}: upgraded {current} -> {next} in {:?}; both instances answer {next}",
             host.name,
@@ -247,9 +241,7 @@ async fn behind_nginx_a_host_by_host_rollout_and_a_host_stop_lose_nothing() {
     // Every instance of every host runs the new release in a new process.
     for (host, old) in hosts.iter().zip(&before) {
         let (addr, next) = (host.addr, next.clone());
-        let now = tokio::task::spawn_blocking(move || assert_serving(addr, &next))
-            .await
-            .unwrap();
+        let now = blocking(&host.sd, move |sd| assert_serving(sd, addr, &next)).await;
         for (old, new) in old.iter().zip(&now) {
             assert_ne!(
                 old.pid, new.pid,

@@ -90,12 +90,11 @@ async fn lifecycle(format: Format, test: &str) {
     // Install: enabled, started, answering as soon as the command returns.
     let step = blocking(&sd, move |sd| format.install(sd, &current, false)).await;
     assert_clean("install", &step, &sd);
-    let before = tokio::task::spawn_blocking({
+    let before = blocking(&sd, {
         let version = packages.current.version.clone();
-        move || assert_serving(addr, &version)
+        move |sd| assert_serving(sd, addr, &version)
     })
-    .await
-    .unwrap();
+    .await;
     for unit in ["app.socket", "app.target"] {
         assert_eq!(sd.property(unit, "UnitFileState"), "enabled", "{unit}");
         assert_eq!(sd.property(unit, "ActiveState"), "active", "{unit}");
@@ -136,12 +135,11 @@ async fn lifecycle(format: Format, test: &str) {
         step.stdout
     );
     assert_no_loss("during the upgrade", &mut during);
-    let after = tokio::task::spawn_blocking({
+    let after = blocking(&sd, {
         let version = packages.next.version.clone();
-        move || assert_serving(addr, &version)
+        move |sd| assert_serving(sd, addr, &version)
     })
-    .await
-    .unwrap();
+    .await;
     for (old, new) in before.iter().zip(&after) {
         assert_ne!(
             old.pid, new.pid,
@@ -292,9 +290,7 @@ async fn broken_upgrade(format: Format, test: &str) {
     let mut during = load.stop().await;
     assert_no_loss("during and after the broken upgrade", &mut during);
     let current_version = packages.current.version.clone();
-    let serving = tokio::task::spawn_blocking(move || versions(addr, 2))
-        .await
-        .unwrap();
+    let serving = blocking(&sd, move |sd| versions(sd, addr, 2)).await;
     assert_eq!(serving.len(), 2, "{serving:?}");
     for instance in &serving {
         assert_eq!(instance.version, current_version, "{serving:?}");
@@ -316,9 +312,7 @@ async fn broken_upgrade(format: Format, test: &str) {
     assert_clean("fixed upgrade", &step, &sd);
     assert_no_loss("during the fixed upgrade", &mut during);
     let version = packages.next.version.clone();
-    tokio::task::spawn_blocking(move || assert_serving(addr, &version))
-        .await
-        .unwrap();
+    blocking(&sd, move |sd| assert_serving(sd, addr, &version)).await;
     assert_eq!(invocation(&sd, "app.socket"), socket_before);
 }
 

@@ -54,10 +54,8 @@ fn text(out: &Output) -> String {
 }
 
 /// `/version` of both instances, off the runtime.
-async fn serving(addr: SocketAddr) -> Vec<Version> {
-    tokio::task::spawn_blocking(move || versions(addr, 2))
-        .await
-        .unwrap()
+async fn serving(sd: &Arc<SystemdBox>, addr: SocketAddr) -> Vec<Version> {
+    blocking(sd, move |sd| versions(sd, addr, 2)).await
 }
 
 /// The pids `/version` reports, by instance: "1", "2".
@@ -115,7 +113,7 @@ async fn reload_or_restart_deploys_a_new_release_without_an_error() {
     let (sd, addr) = boot("");
     blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
     let before = blocking(&sd, pids).await;
-    let old = serving(addr).await;
+    let old = serving(&sd, addr).await;
     assert_eq!(pids_seen(&old), expected_pids(&before));
     for v in &old {
         assert_eq!(v.version, env!("CARGO_PKG_VERSION"), "{old:?}");
@@ -131,7 +129,7 @@ async fn reload_or_restart_deploys_a_new_release_without_an_error() {
         started.elapsed()
     })
     .await;
-    let seen = serving(addr).await;
+    let seen = serving(&sd, addr).await;
     let mut counts = load.stop().await;
     let after = blocking(&sd, pids).await;
     println!(
@@ -278,7 +276,7 @@ async fn a_keep_alive_pool_keeps_its_connections_through_ten_rollouts() {
     for (old, new) in before.iter().zip(&after) {
         assert_ne!(old, new, "an instance kept its process");
     }
-    assert_eq!(pids_seen(&serving(addr).await), expected_pids(&after));
+    assert_eq!(pids_seen(&serving(&sd, addr).await), expected_pids(&after));
 }
 
 /// The same with one instance: there is no sibling to take a closed
@@ -358,7 +356,7 @@ async fn reloading_every_instance_at_once_loses_nothing() {
         took.push(elapsed);
         last = now;
     }
-    let seen = serving(addr).await;
+    let seen = serving(&sd, addr).await;
     let mut counts = load.stop().await;
     println!("systemctl reload 'app@*', three times, took {took:?}");
     assert_no_loss(
@@ -462,7 +460,7 @@ async fn a_broken_release_fails_the_reload_and_the_old_process_serves_on() {
             assert!(log.contains(reason), "{what}: no {reason:?} in\n{log}");
         }
         // The old process serves, as instance 1, and its sibling too.
-        let seen = serving(addr).await;
+        let seen = serving(&sd, addr).await;
         assert_eq!(
             pids_seen(&seen),
             expected_pids(&[old.clone(), sibling]),
@@ -508,7 +506,10 @@ async fn a_reloaded_process_killed_is_restarted_while_its_sibling_serves() {
     journal = back;
     assert_ne!(before[0], reloaded[0]);
     assert_eq!(before[1], reloaded[1]);
-    assert_eq!(pids_seen(&serving(addr).await), expected_pids(&reloaded));
+    assert_eq!(
+        pids_seen(&serving(&sd, addr).await),
+        expected_pids(&reloaded)
+    );
 
     let (keep_alive, new_conn) = (50, 50);
     let load = Load::start(addr, "/", keep_alive, new_conn, PACE);
@@ -526,7 +527,7 @@ async fn a_reloaded_process_killed_is_restarted_while_its_sibling_serves() {
     })
     .await;
     drop(back);
-    let seen = serving(addr).await;
+    let seen = serving(&sd, addr).await;
     let mut counts = load.stop().await;
     println!(
         "SIGKILL of the reloaded app@1 (pid {} -> {}): {}",
@@ -617,7 +618,7 @@ async fn the_watchdog_watches_the_reloaded_process() {
     })
     .await;
     drop(back);
-    let seen = serving(addr).await;
+    let seen = serving(&sd, addr).await;
     let mut counts = load.stop().await;
     println!(
         "watchdog after a reload: app@1 (pid {reloaded}) hung; killed after {killed:?} (WatchdogSec=2s), ready again after {ready:?}"

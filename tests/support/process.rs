@@ -226,6 +226,19 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     request(stream, path)
 }
 
+/// `http_get`, bounded: fails after `within` instead of waiting forever
+/// on a server that does not accept or answer.
+pub fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    within: Duration,
+) -> std::io::Result<(u16, String)> {
+    let stream = std::net::TcpStream::connect_timeout(&addr, within)?;
+    stream.set_read_timeout(Some(within))?;
+    stream.set_write_timeout(Some(within))?;
+    request(stream, path)
+}
+
 /// GET over any blocking stream; the request asks the server to close.
 pub fn request<S: std::io::Read + std::io::Write>(
     mut stream: S,
