@@ -76,8 +76,9 @@ fn assert_orders_served(sd: &SystemdBox, addr: SocketAddr, currency: &str) {
 /// The main PIDs of orders@1 and orders@2.
 fn pids(sd: &SystemdBox) -> [String; 2] {
     [1, 2].map(|i| {
-        let pid = sd.property(&format!("{NAME}@{i}.service"), "MainPID");
-        assert_ne!(pid, "0", "{NAME}@{i}.service is not running");
+        let unit = format!("{NAME}@{i}.service");
+        let pid = sd.property(&unit, "MainPID");
+        assert_ne!(pid, "0", "{unit} is not running:\n{}", sd.journal(&[&unit]));
         pid
     })
 }

@@ -84,15 +84,19 @@ struct Paused<'a> {
 }
 
 /// `$1` stopped: sent SIGSTOP, then awaited until no thread of it is in
-/// any state but stopped (`T`). A process that is gone accepts nothing
-/// either, so a missing /proc entry ends the wait too.
+/// any state but stopped (`T`). grep's 1 means no thread line matched, so
+/// all are stopped; its 2 (a file vanished between glob and read) proves
+/// nothing, so the loop looks again. A process that is gone accepts
+/// nothing either, which ends the wait too.
 const PAUSE: &str = r#"
 kill -STOP "$1" || exit 1
 for _ in $(seq 5000); do
-    grep -qs '^State:[[:space:]]*[^T]' /proc/"$1"/task/*/status || exit 0
+    [ -d /proc/"$1" ] || exit 0
+    grep -qs '^State:[[:space:]]*[^T[:space:]]' /proc/"$1"/task/*/status
+    [ $? = 1 ] && exit 0
     sleep 0.001
 done
-echo "process $1 did not stop within 5 s" >&2
+echo "process $1 did not stop after 5000 looks" >&2
 exit 1
 "#;
 
