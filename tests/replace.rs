@@ -173,6 +173,11 @@ async fn replace_waits_for_the_new_process_and_a_failed_one_changes_nothing() {
     );
     let message = notify.expect(&mut old, "MAINPID=");
     let new = Successor(main_pid(&message));
+    // `replace` returns once the new process serves; the idle connection
+    // moves just after. A request sent before it moved would be answered
+    // by the old process (and the connection moved after the response),
+    // so the move is awaited before asking who answers.
+    old.wait_for_line(&["handover finished", "moved 1 connections"]);
     let response = conn.get("/version").await.unwrap();
     assert_eq!(pid_of(&response.body), new.0);
     new.signal(libc::SIGTERM);
