@@ -241,6 +241,7 @@ async fn an_http2_stream_in_flight_completes_and_the_client_is_sent_away() {
 struct Frame {
     kind: u8,
     flags: u8,
+    stream: u32,
     payload: Vec<u8>,
 }
 
@@ -259,6 +260,7 @@ async fn read_frame(tcp: &mut TcpStream) -> Option<Frame> {
     Some(Frame {
         kind: head[3],
         flags: head[4],
+        stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
         payload,
     })
 }
@@ -311,6 +313,103 @@ async fn an_http2_client_that_never_acknowledges_is_closed_after_the_grace() {
     let report = server.report().await;
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.connections_at_start, 1);
+}
+
+/// One HTTP/2 frame for the wire: its 9-byte head, then the payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![length[1], length[2], length[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A request head for `GET path`, in HPACK without the dynamic table:
+/// indexed `:method GET` and `:scheme http`, literal `:path` and
+/// `:authority` with indexed names.
+fn get_headers(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    block
+}
+
+/// A client that opens a stream as the server's final GOAWAY crosses it on
+/// the wire, and sends a WINDOW_UPDATE for that stream, keeps its
+/// connection: RFC 9113 §6.8 says the sender of a GOAWAY ignores frames on
+/// streams above its last stream id. h2 0.4.20 ignored the HEADERS but
+/// answered the WINDOW_UPDATE with GOAWAY(PROTOCOL_ERROR) ("stream ID
+/// implicitly closed"), failing every stream in flight on the connection:
+/// what grpcio, which shares one connection between channels, hit on every
+/// reload. The fix is the patch in vendor/h2 (docs/http2.md).
+#[tokio::test]
+async fn frames_on_a_stream_opened_as_the_goaway_crosses_are_ignored() {
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+    let (mut server, _socket) = TestServer::start(Duration::from_secs(30));
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    hello.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_headers("/slow?ms=700"),
+    ));
+    tcp.write_all(&hello).await.unwrap();
+    server.wait_entered("/slow?ms=700").await;
+    server.begin_drain().await;
+
+    // Every frame the server sends, until it closes the connection; the
+    // client's part is played as the frames arrive.
+    let mut goaways = Vec::new();
+    let mut stream_one_done = false;
+    let mut resets = Vec::new();
+    while let Some(got) = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut tcp))
+        .await
+        .expect("the connection ends once its stream is done")
+    {
+        match got.kind {
+            PING if got.flags & ACK == 0 => {
+                // The GOAWAY's PING: acknowledge it, and nothing else yet.
+                tcp.write_all(&frame(PING, ACK, 0, &got.payload)).await.unwrap();
+            }
+            GOAWAY => {
+                let last = u32::from_be_bytes(got.payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+                let code = u32::from_be_bytes(got.payload[4..8].try_into().unwrap());
+                goaways.push((last, code));
+                if last != 0x7fff_ffff {
+                    // The final GOAWAY is on its way to us as we open
+                    // stream 3 and give it flow-control credit.
+                    let mut late = frame(HEADERS, END_HEADERS | END_STREAM, 3, &get_headers("/"));
+                    late.extend(frame(WINDOW_UPDATE, 0, 3, &65_535u32.to_be_bytes()));
+                    tcp.write_all(&late).await.unwrap();
+                }
+            }
+            RST_STREAM => resets.push(got.stream),
+            _ => {}
+        }
+        // Stream 1's response ends with END_STREAM on its last frame.
+        if got.stream == 1 && got.flags & END_STREAM != 0 && matches!(got.kind, 0x0 | HEADERS) {
+            stream_one_done = true;
+        }
+    }
+    assert_eq!(
+        goaways,
+        [(0x7fff_ffff, 0), (1, 0)],
+        "the two-step GOAWAY, both NO_ERROR: no connection error for the late stream's frames"
+    );
+    assert!(stream_one_done, "the stream in flight was answered whole");
+    assert!(resets.is_empty(), "no stream reset: {resets:?}");
+    let report = server.report().await;
+    assert!(report.is_clean(), "{report:?}");
 }
 
 #[tokio::test]
