@@ -379,7 +379,9 @@ async fn frames_on_a_stream_opened_as_the_goaway_crosses_are_ignored() {
         match got.kind {
             PING if got.flags & ACK == 0 => {
                 // The GOAWAY's PING: acknowledge it, and nothing else yet.
-                tcp.write_all(&frame(PING, ACK, 0, &got.payload)).await.unwrap();
+                tcp.write_all(&frame(PING, ACK, 0, &got.payload))
+                    .await
+                    .unwrap();
             }
             GOAWAY => {
                 let last = u32::from_be_bytes(got.payload[..4].try_into().unwrap()) & 0x7fff_ffff;
