@@ -155,6 +155,8 @@ pub fn copy_sources(dest: &Path) -> Result<(), String> {
         "benches",
         // A workspace member: cargo wants it present.
         "examples",
+        // The patched h2 that `[patch.crates-io]` points at.
+        "vendor",
     ];
     let status = Command::new("cp")
         .arg("-a")
