@@ -134,10 +134,20 @@ pub fn run(
                 untouched,
             });
         }
-        let new_pid = state.main_pid;
+        // A restart's time is mostly the old process's drain: say how it
+        // splits, so a slow drain is not read as a slow start.
+        let phases = match (verb, state.restart_phases()) {
+            (Step::Restart, Some((drain, start))) => format!(
+                ": the old process drained in {:.2}s, the new one was ready {:.2}s later",
+                drain.as_secs_f64(),
+                start.as_secs_f64()
+            ),
+            _ => String::new(),
+        };
+        let new_pid = &state.main_pid;
         let _ = writeln!(
             out,
-            "rollout: {unit} ready in {:.2}s (pid {old_pid} -> {new_pid})",
+            "rollout: {unit} ready in {:.2}s{phases} (pid {old_pid} -> {new_pid})",
             took.as_secs_f64()
         );
     }
@@ -243,11 +253,34 @@ pub struct UnitState {
     pub result: String,
     pub exit_status: String,
     pub main_pid: String,
+    /// systemd's CLOCK_MONOTONIC stamps (µs; 0 when never): the last stop
+    /// began (ActiveExit), ended (InactiveEnter), and the unit last became
+    /// active, which for `Type=notify` is READY=1 (ActiveEnter).
+    pub stop_began_us: u64,
+    pub stop_ended_us: u64,
+    pub ready_us: u64,
 }
 
 impl UnitState {
     fn is_ready(&self) -> bool {
         self.active == "active" && self.sub == "running"
+    }
+
+    /// After a restart: how long the old process took to stop (its drain),
+    /// and from then until the new one said READY=1. `None` when systemd's
+    /// stamps are not in that order (the unit was not running before).
+    fn restart_phases(&self) -> Option<(std::time::Duration, std::time::Duration)> {
+        let us = std::time::Duration::from_micros;
+        if self.stop_began_us == 0
+            || self.stop_began_us > self.stop_ended_us
+            || self.stop_ended_us > self.ready_us
+        {
+            return None;
+        }
+        Some((
+            us(self.stop_ended_us - self.stop_began_us),
+            us(self.ready_us - self.stop_ended_us),
+        ))
     }
 }
 
@@ -303,7 +336,8 @@ impl Systemctl {
         let text = self.output(&[
             "show",
             "-p",
-            "ActiveState,SubState,Result,ExecMainStatus,MainPID",
+            "ActiveState,SubState,Result,ExecMainStatus,MainPID,ActiveExitTimestampMonotonic,\
+             InactiveEnterTimestampMonotonic,ActiveEnterTimestampMonotonic",
             unit,
         ])?;
         let value = |key: &str| {
@@ -318,6 +352,11 @@ impl Systemctl {
             result: value("Result"),
             exit_status: value("ExecMainStatus"),
             main_pid: value("MainPID"),
+            stop_began_us: value("ActiveExitTimestampMonotonic").parse().unwrap_or(0),
+            stop_ended_us: value("InactiveEnterTimestampMonotonic")
+                .parse()
+                .unwrap_or(0),
+            ready_us: value("ActiveEnterTimestampMonotonic").parse().unwrap_or(0),
         })
     }
 }
@@ -325,6 +364,28 @@ impl Systemctl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restart_splits_into_the_old_drain_and_the_new_start() {
+        let state = |began, ended, ready| UnitState {
+            active: "active".into(),
+            sub: "running".into(),
+            result: "success".into(),
+            exit_status: "0".into(),
+            main_pid: "2".into(),
+            stop_began_us: began,
+            stop_ended_us: ended,
+            ready_us: ready,
+        };
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(
+            state(1_000_000, 10_000_000, 10_150_000).restart_phases(),
+            Some((ms(9_000), ms(150)))
+        );
+        // Never stopped before (a first start), or stamps out of order.
+        assert_eq!(state(0, 0, 5).restart_phases(), None);
+        assert_eq!(state(9, 5, 10).restart_phases(), None);
+    }
 
     #[test]
     fn instances_are_read_from_list_units_in_numeric_order() {
@@ -358,6 +419,9 @@ other@1.service loaded active running something else
                 result: "exit-code".into(),
                 exit_status: "1".into(),
                 main_pid: "0".into(),
+                stop_began_us: 0,
+                stop_ended_us: 0,
+                ready_us: 0,
             }
             .to_string(),
             untouched: "app@2.service".into(),
