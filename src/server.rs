@@ -24,7 +24,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, BoxError, ConnectionContext, Handoff, Http, Open, Slots};
+use crate::connection::{
+    self, BoxError, ConnectionContext, Handoff, Http, Open, Slots, StreamCutoff, stream_end_at,
+};
 use crate::drain;
 use crate::listeners::{Listener, StdListener};
 use crate::settings::{ConnectionTimeouts, Limits};
@@ -179,6 +181,8 @@ pub struct Server {
     stop_accepting: CancellationToken,
     connections: TaskTracker,
     cut: CancellationToken,
+    /// Ends the HTTP/2 streams still open shortly before the deadline.
+    cutoff: StreamCutoff,
     open: Arc<AtomicUsize>,
     slots: Arc<Slots>,
     listening: Vec<String>,
@@ -200,6 +204,10 @@ pub struct DrainReport {
     pub connections_at_start: usize,
     /// Connections the deadline cut; zero after a clean drain.
     pub cut: usize,
+    /// HTTP/2 streams the service had not finished shortly before the
+    /// deadline, which the kit ended (gRPC: UNAVAILABLE; others:
+    /// RST_STREAM(CANCEL), or 503 before a response began).
+    pub streams_ended: usize,
     /// From the drain's start to the last connection's end.
     pub elapsed: Duration,
 }
@@ -269,6 +277,7 @@ impl Server {
             http: Arc::new(Http::new(&limits)),
             numbers: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             handoff: Arc::new(OnceLock::new()),
+            cutoff: StreamCutoff::default(),
         };
         let listening = listeners.iter().map(ToString::to_string).collect();
         let listener_fds = listeners
@@ -314,6 +323,7 @@ impl Server {
             stop_accepting,
             connections,
             cut: ctx.cut,
+            cutoff: ctx.cutoff,
             open: ctx.open,
             slots: ctx.slots,
             listening,
@@ -401,12 +411,19 @@ impl Server {
         drop(self.listener_fds);
         self.connections.close();
         let deadline_at = started + deadline;
+        let streams_end = tokio::time::sleep_until(stream_end_at(started, deadline).into());
+        tokio::pin!(streams_end);
+        let mut streams_ended = false;
         let mut ticks = tokio::time::interval(PROGRESS_EVERY);
         let finished = self.connections.wait();
         tokio::pin!(finished);
         let cut = loop {
             tokio::select! {
                 () = &mut finished => break 0,
+                () = &mut streams_end, if !streams_ended => {
+                    streams_ended = true;
+                    self.cutoff.fire();
+                }
                 () = tokio::time::sleep_until(deadline_at.into()) => {
                     let cut = self.open.load(Ordering::Relaxed);
                     self.cut.cancel();
@@ -422,6 +439,7 @@ impl Server {
         DrainReport {
             connections_at_start,
             cut,
+            streams_ended: self.cutoff.ended(),
             elapsed: started.elapsed(),
         }
     }

@@ -25,6 +25,7 @@ mod handoff;
 mod http;
 mod linger;
 mod policy;
+mod streams;
 mod tracking;
 mod websocket;
 
@@ -55,6 +56,7 @@ use http::Conn;
 pub(crate) use http::Http;
 use linger::{Farewell, linger};
 use policy::{Action, Policy};
+pub(crate) use streams::{StreamCutoff, stream_end_at};
 use tracking::{Movable, Shared, State, Tracked, Tracking};
 
 /// Any error, as hyper and tower pass them.
@@ -81,6 +83,8 @@ pub(crate) struct ConnectionContext {
     pub numbers: Arc<AtomicU64>,
     /// Set, before the drain starts, when a new process replaces this one.
     pub handoff: Arc<OnceLock<Handoff>>,
+    /// Ends the HTTP/2 streams still open shortly before the drain deadline.
+    pub cutoff: StreamCutoff,
 }
 
 /// Counts a connection as open, from where it is accepted (before its task
@@ -148,6 +152,7 @@ pub(crate) async fn serve<I, S, B>(
             policy::close_slot(ctx.numbers.fetch_add(1, Ordering::Relaxed)),
         )),
         ctx.drain.clone(),
+        ctx.cutoff.clone(),
     ));
     let mut io = TokioIo::new(Tracked::new(io, shared.clone(), home_tx));
     let service = Tracking {

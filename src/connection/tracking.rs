@@ -27,7 +27,9 @@ use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 
+use super::BoxError;
 use super::policy::{Activity, Policy, Protocol};
+use super::streams::{H2Stream, StreamCutoff};
 use super::websocket::{self, OutgoingFrames};
 use crate::drain;
 
@@ -61,6 +63,8 @@ pub(super) struct Shared {
     moving: AtomicBool,
     /// The connection drains here although the process hands over.
     stays: AtomicBool,
+    /// Ends the HTTP/2 streams still open shortly before the drain deadline.
+    cutoff: StreamCutoff,
 }
 
 pub(super) struct State {
@@ -239,8 +243,9 @@ impl WsOut {
 }
 
 impl Shared {
-    pub fn new(state: State, drain: drain::Watch) -> Self {
+    pub fn new(state: State, drain: drain::Watch, cutoff: StreamCutoff) -> Self {
         Self {
+            cutoff,
             state: Mutex::new(state),
             hot: Hot::new(),
             changed: Notify::new(),
@@ -636,10 +641,13 @@ where
                 response: Some(too_large(self.max_body_bytes, version, in_flight)),
             };
         }
+        // Only HTTP/2 streams end at the cut-off (`streams`).
+        let h2 = (version == Version::HTTP_2).then(|| H2Stream::new(request.headers()));
         TrackedFuture::Service {
             inner: self.inner.call(request),
             in_flight: Some(in_flight),
             version,
+            h2,
         }
     }
 }
@@ -654,6 +662,7 @@ pin_project_lite::pin_project! {
             inner: F,
             in_flight: Option<InFlight>,
             version: Version,
+            h2: Option<H2Stream>,
         },
         Kit { response: Option<Response<TrackedBody<B>>> },
     }
@@ -674,8 +683,28 @@ where
                 inner,
                 in_flight,
                 version,
+                h2,
             } => {
-                let (mut parts, body) = ready!(inner.poll(cx))?.into_parts();
+                let polled = inner.poll(cx);
+                let Poll::Ready(response) = polled else {
+                    if let Some(stream) = h2.as_mut() {
+                        let shared = &in_flight.as_ref().expect("polled after completion").0;
+                        if stream.cut_off(&shared.cutoff, cx) {
+                            // The service's future is dropped with this one.
+                            let (parts, bytes) = stream.unanswered().into_parts();
+                            return Poll::Ready(Ok(Response::from_parts(
+                                parts,
+                                TrackedBody {
+                                    inner: Either::Kit { bytes },
+                                    _in_flight: in_flight.take().expect("polled after completion"),
+                                    h2: None,
+                                },
+                            )));
+                        }
+                    }
+                    return Poll::Pending;
+                };
+                let (mut parts, body) = response?.into_parts();
                 let in_flight = in_flight.take().expect("polled after completion");
                 let shared = &in_flight.0;
                 if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -696,6 +725,7 @@ where
                     TrackedBody {
                         inner: Either::App { body },
                         _in_flight: in_flight,
+                        h2: h2.take(),
                     },
                 )))
             }
@@ -724,6 +754,7 @@ fn too_large<B>(max: u64, version: Version, in_flight: InFlight) -> Response<Tra
             bytes: Some(Bytes::from(text)),
         },
         _in_flight: in_flight,
+        h2: None,
     })
     .into_parts();
     parts.status = StatusCode::PAYLOAD_TOO_LARGE;
@@ -744,6 +775,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Either<B>,
         _in_flight: InFlight,
+        // An HTTP/2 stream, which the cut-off may end.
+        h2: Option<H2Stream>,
     }
 }
 
@@ -756,21 +789,41 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for TrackedBody<B> {
+impl<B> Body for TrackedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project().inner.project() {
-            EitherProj::App { body } => body.poll_frame(cx),
+        let this = self.project();
+        match this.inner.project() {
+            EitherProj::App { body } => {
+                if let Some(stream) = this.h2.as_mut() {
+                    if stream.ended() {
+                        return Poll::Ready(None);
+                    }
+                    let polled = body.poll_frame(cx);
+                    if polled.is_pending() && stream.cut_off(&this._in_flight.0.cutoff, cx) {
+                        return Poll::Ready(Some(stream.last_frame()));
+                    }
+                    return polled.map_err(Into::into);
+                }
+                body.poll_frame(cx).map_err(Into::into)
+            }
             EitherProj::Kit { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.h2.as_ref().is_some_and(H2Stream::ended) {
+            return true;
+        }
         match &self.inner {
             Either::App { body } => body.is_end_stream(),
             Either::Kit { bytes } => bytes.is_none(),
@@ -799,6 +852,7 @@ mod tests {
         let shared = Arc::new(Shared::new(
             State::new(Policy::new(ConnectionTimeouts::default(), 0.0)),
             watch,
+            StreamCutoff::default(),
         ));
         let (a, mut b) = tokio::io::duplex(64);
         b.write_all(b"st: x\r\n\r\n").await.unwrap();
