@@ -36,6 +36,7 @@ mod listeners;
 mod logging;
 mod name;
 mod notify;
+mod readiness;
 mod render;
 mod replace;
 mod rollout;

@@ -50,6 +50,8 @@ pub(crate) struct Startup<T> {
     pub log: Option<LogHandle>,
     pub intents: Intents,
     pub rotation: Rotation,
+    /// The readiness check's path; empty when the service answers every path.
+    pub readiness_path: &'static str,
 }
 
 /// How the process ended.
@@ -98,18 +100,22 @@ where
         log,
         mut intents,
         rotation,
+        readiness_path,
     } = startup;
     let notifier = Arc::new(notifier);
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings.clone()));
     let (service_tx, service_rx) = watch::channel(Arc::new(service_settings));
     let (timeouts_tx, timeouts_rx) = watch::channel(settings.timeouts);
     let (trigger, drain) = drain::channel();
-    let service = make_service(Context::new(
-        name,
-        drain,
-        settings_rx,
-        service_rx,
-        Arc::new(rotation),
+    let ctx = Context::new(name, drain, settings_rx, service_rx, Arc::new(rotation));
+    let readiness: crate::readiness::ReadinessOf = {
+        let ctx = ctx.clone();
+        Arc::new(move || ctx.readiness())
+    };
+    let service = crate::server::HyperService(crate::readiness::Checked::new(
+        make_service(ctx).into_hyper(),
+        readiness_path,
+        readiness,
     ));
     let (listeners, watchdog, predecessor) = match inherited {
         None => (listeners, watchdog, None),
@@ -308,10 +314,13 @@ impl<T: ServiceSettings> Lifecycle<T> {
     ) -> Outcome {
         let deadline = self.settings_tx.borrow().drain_deadline;
         let connections = server.connections();
+        // Only idle HTTP/1 connections can move; the rest (HTTP/2, WebSockets,
+        // requests in flight) drain here, and "handover finished" says how
+        // many went which way.
         tracing::info!(
             pid = successor.pid,
             connections,
-            "reload: the new process serves; moving connections to it"
+            "reload: the new process serves; of {connections} open connections, the idle HTTP/1 ones move to it"
         );
         let handing = async {
             if successor.takes_connections {
@@ -329,6 +338,7 @@ impl<T: ServiceSettings> Lifecycle<T> {
         loop {
             tokio::select! {
                 (report, (moved, stayed)) = &mut handing => {
+                    log_streams_ended(&report);
                     tracing::info!(
                         moved,
                         closed = stayed,
@@ -357,7 +367,12 @@ impl<T: ServiceSettings> Lifecycle<T> {
     async fn drain(self, mut server: Server, signal: &str, intents: &mut Intents) -> Outcome {
         let deadline = self.settings_tx.borrow().drain_deadline;
         let connections = server.stop_accepting().await;
-        tracing::info!(signal, connections, deadline = ?deadline, "drain started");
+        tracing::info!(
+            signal,
+            connections,
+            deadline = ?deadline,
+            "drain started: {connections} connections, deadline {deadline:?}"
+        );
         self.notifier.notify(&[
             NotifyState::Stopping,
             NotifyState::Status(&format!("draining {connections} connections")),
@@ -397,13 +412,28 @@ impl<T: ServiceSettings> Lifecycle<T> {
     }
 }
 
+/// A warning when the kit had to end HTTP/2 streams the service left open:
+/// the drain then lasted nearly its whole deadline, every time.
+fn log_streams_ended(report: &DrainReport) {
+    if report.streams_ended > 0 {
+        tracing::warn!(
+            streams = report.streams_ended,
+            "drain: the service had not ended {} HTTP/2 streams shortly before the deadline, so the kit \
+             ended them (gRPC: UNAVAILABLE); end long streams when `Context::drain()` fires to drain faster",
+            report.streams_ended
+        );
+    }
+}
+
 fn finish(report: DrainReport) -> Outcome {
     let elapsed_ms = report.elapsed.as_millis() as u64;
+    log_streams_ended(&report);
     if report.is_clean() {
         tracing::info!(
             connections = report.connections_at_start,
             elapsed_ms,
-            "drain finished"
+            "drain finished: {} connections ended in {elapsed_ms} ms",
+            report.connections_at_start
         );
         Outcome::Clean(report)
     } else {
@@ -439,6 +469,7 @@ mod tests {
         let report = DrainReport {
             connections_at_start: 2,
             cut: 1,
+            streams_ended: 0,
             elapsed: Duration::from_secs(1),
         };
         assert_eq!(Outcome::Clean(report).exit_code(), ExitCode::SUCCESS);

@@ -46,6 +46,7 @@ pub struct Service<T = NoSettings> {
     name: &'static str,
     version: Option<&'static str>,
     about: Option<&'static str>,
+    readiness_path: &'static str,
     settings: PhantomData<fn() -> T>,
 }
 
@@ -87,6 +88,9 @@ enum Failure {
     Inherit(#[from] crate::replace::InheritError),
 }
 
+/// Where a balancer's health check asks whether to send requests here.
+const DEFAULT_READINESS_PATH: &str = "/readyz";
+
 impl Service<NoSettings> {
     /// A service named `name`: lowercase letters, digits and `-`, starting
     /// with a letter. A name that breaks these rules makes [`Service::run`]
@@ -96,6 +100,7 @@ impl Service<NoSettings> {
             name,
             version: None,
             about: None,
+            readiness_path: DEFAULT_READINESS_PATH,
             settings: PhantomData,
         }
     }
@@ -115,6 +120,18 @@ impl<T: ServiceSettings> Service<T> {
         self
     }
 
+    /// The path of the readiness check, `/readyz` by default; `None` to
+    /// leave every path to the service. While the instance drains or its
+    /// host is out of rotation, the kit answers `GET` and `HEAD` on it with
+    /// `503` and the service is not called, so a catch-all route cannot
+    /// make a leaving instance look healthy. While it is ready, the service
+    /// answers (with checks of its own, if it has them); if it has no such
+    /// route and answers `404`, the kit answers `200 ready`.
+    pub fn readiness_path(mut self, path: impl Into<Option<&'static str>>) -> Self {
+        self.readiness_path = path.into().unwrap_or("");
+        self
+    }
+
     /// The service's own settings: the settings file's `[NAME]` table,
     /// deserialized into `U` and checked with [`ServiceSettings::validate`],
     /// at start and on every reload. [`Context::settings`] hands it out.
@@ -123,6 +140,7 @@ impl<T: ServiceSettings> Service<T> {
             name: self.name,
             version: self.version,
             about: self.about,
+            readiness_path: self.readiness_path,
             settings: PhantomData,
         }
     }
@@ -132,8 +150,9 @@ impl<T: ServiceSettings> Service<T> {
     /// verb asked for. `make` builds the service once, before the first
     /// connection. Returns the exit status for `main` to return.
     pub fn run<S: HttpService>(self, make: impl FnOnce(Context<T>) -> S) -> ExitCode {
+        let readiness_path = self.readiness_path;
         self.dispatch(std::env::args_os(), |name, args| {
-            let startup = prepare::<T>(name, args)?;
+            let startup = prepare::<T>(name, args, readiness_path)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -151,8 +170,9 @@ impl<T: ServiceSettings> Service<T> {
     /// `#[tokio::main]`): the same, on the current multi-threaded runtime.
     pub async fn serve<S: HttpService>(self, make: impl FnOnce(Context<T>) -> S) -> ExitCode {
         let mut prepared = None;
+        let readiness_path = self.readiness_path;
         let code = self.dispatch(std::env::args_os(), |name, args| {
-            prepared = Some(prepare::<T>(name, args)?);
+            prepared = Some(prepare::<T>(name, args, readiness_path)?);
             Ok(ExitCode::SUCCESS)
         });
         let Some(startup) = prepared else {
@@ -209,7 +229,11 @@ impl<T: ServiceSettings> Service<T> {
 }
 
 /// Everything gathered before the runtime serves, in the order that matters.
-fn prepare<T: ServiceSettings>(name: &ServiceName, args: ServeArgs) -> Result<Startup<T>, Failure> {
+fn prepare<T: ServiceSettings>(
+    name: &ServiceName,
+    args: ServeArgs,
+    readiness_path: &'static str,
+) -> Result<Startup<T>, Failure> {
     #[cfg(feature = "fault-injection")]
     crate::fault::at_start(name.as_str());
     let settings = Loaded::<T>::load(&args, name.as_str())?;
@@ -246,6 +270,7 @@ fn prepare<T: ServiceSettings>(name: &ServiceName, args: ServeArgs) -> Result<St
         log: Some(log),
         intents,
         rotation: Rotation::new(name.rotation_flag()),
+        readiness_path,
     })
 }
 

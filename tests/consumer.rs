@@ -129,7 +129,9 @@ fn assert_one_always_accepting(entries: &[serde_json::Value], phase: &str) -> us
         let unit = entry["_SYSTEMD_UNIT"].as_str().unwrap_or("?");
         if entry["MESSAGE"] == "ready" {
             accepting.insert(pid);
-        } else if entry["MESSAGE"] == "drain started"
+        } else if entry["MESSAGE"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("drain started"))
             || entry["MESSAGE"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("reload: the new process serves"))

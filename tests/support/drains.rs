@@ -62,7 +62,7 @@ pub fn drains(sd: &SystemdBox, identifier: &str) -> Vec<Drain> {
             number(entry, name)
                 .unwrap_or_else(|| panic!("{unit} (pid {pid}): no {name} in {message:?}: {entry}"))
         };
-        let end = if message == "drain started" {
+        let end = if message.starts_with("drain started") {
             drains.push(Drain {
                 unit: unit.clone(),
                 pid: pid.clone(),
@@ -70,7 +70,7 @@ pub fn drains(sd: &SystemdBox, identifier: &str) -> Vec<Drain> {
                 end: None,
             });
             continue;
-        } else if message == "drain finished" {
+        } else if message.starts_with("drain finished") {
             DrainEnd::Finished {
                 elapsed_ms: field("elapsed_ms"),
             }
