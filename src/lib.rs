@@ -48,6 +48,9 @@ mod signals;
 
 pub use connection::BoxError;
 pub use context::{Context, Readiness};
+/// What [`Context::drain`] returns, named from the crate root for a
+/// service that keeps one in its own types.
+pub use drain::Watch as DrainWatch;
 pub use lifecycle::{EXIT_DRAIN_CUT, EXIT_FORCED};
 pub use listeners::Listener;
 pub use name::NameError;

@@ -74,7 +74,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Instance name shown by /version and in logs (the units pass %i) [default: standalone]
+    /// Instance name, in logs and `Context::instance()` (the units pass %i) [default: standalone]
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
 
