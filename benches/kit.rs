@@ -124,6 +124,7 @@ fn main() {
         ("connections", "wrk", "wrk"),
         ("systemd", "wrk", "wrk"),
         ("callgrind", "valgrind", "valgrind"),
+        ("callgrind", "h2load", "nghttp2-client"),
         ("h2", "h2load", "nghttp2-client"),
     ] {
         if runs(section) {
@@ -144,7 +145,9 @@ fn main() {
     }
     if runs("callgrind") {
         heading("instructions per request under callgrind, HTTP/1.1 keep-alive");
-        report.instructions = callgrind::measure(&app, &baseline);
+        report.instructions = callgrind::measure(&app, &baseline, callgrind::Protocol::Http1);
+        heading("instructions per request under callgrind, HTTP/2 (h2c)");
+        report.h2_instructions = callgrind::measure(&app, &baseline, callgrind::Protocol::H2c);
     }
     if runs("h2") {
         heading(&format!(
@@ -261,6 +264,7 @@ struct Report {
     single_instance: Option<reload::SingleInstance>,
     deploy: Option<Deploy>,
     instructions: Vec<callgrind::Figures>,
+    h2_instructions: Vec<callgrind::Figures>,
     h2: Option<h2::Figures>,
     websocket_drains: Vec<websockets::Drain>,
     handovers: Vec<reload::Handover>,
@@ -1236,6 +1240,9 @@ impl Report {
         );
         if !self.instructions.is_empty() {
             let _ = writeln!(t, "{}", callgrind::Figures::row(&self.instructions));
+        }
+        if !self.h2_instructions.is_empty() {
+            let _ = writeln!(t, "{}", callgrind::Figures::row(&self.h2_instructions));
         }
         if let Some(h2) = &self.h2 {
             let _ = writeln!(t, "{}", h2.row());

@@ -108,15 +108,11 @@ where
     let (timeouts_tx, timeouts_rx) = watch::channel(settings.timeouts);
     let (trigger, drain) = drain::channel();
     let ctx = Context::new(name, drain, settings_rx, service_rx, Arc::new(rotation));
-    let readiness: crate::readiness::ReadinessOf = {
+    let readiness = crate::readiness::ReadinessCheck::new(readiness_path, {
         let ctx = ctx.clone();
         Arc::new(move || ctx.readiness())
-    };
-    let service = crate::server::HyperService(crate::readiness::Checked::new(
-        make_service(ctx).into_hyper(),
-        readiness_path,
-        readiness,
-    ));
+    });
+    let service = make_service(ctx);
     let (listeners, watchdog, predecessor) = match inherited {
         None => (listeners, watchdog, None),
         Some(fd) => {
@@ -128,7 +124,14 @@ where
             (listeners, watchdog, Some(predecessor))
         }
     };
-    let server = Server::start(listeners, service, trigger, timeouts_rx, settings.limits)?;
+    let server = Server::start_checked(
+        listeners,
+        service,
+        trigger,
+        timeouts_rx,
+        settings.limits,
+        readiness,
+    )?;
     // A Unix socket's path may hold a newline; STATUS= must be one line.
     let status = crate::notify::one_line(&format!(
         "serving http on {}",

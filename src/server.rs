@@ -29,6 +29,7 @@ use crate::connection::{
 };
 use crate::drain;
 use crate::listeners::{Listener, StdListener};
+use crate::readiness::ReadinessCheck;
 use crate::settings::{ConnectionTimeouts, Limits};
 
 /// How often drain progress is reported.
@@ -265,6 +266,19 @@ impl Server {
         timeouts: watch::Receiver<ConnectionTimeouts>,
         limits: Limits,
     ) -> io::Result<Server> {
+        Self::start_checked(listeners, service, trigger, timeouts, limits, None)
+    }
+
+    /// [`Server::start`], with the kit's readiness check answered in front
+    /// of the service.
+    pub(crate) fn start_checked<S: HttpService>(
+        listeners: Vec<Listener>,
+        service: S,
+        trigger: drain::Trigger,
+        timeouts: watch::Receiver<ConnectionTimeouts>,
+        limits: Limits,
+        readiness: Option<ReadinessCheck>,
+    ) -> io::Result<Server> {
         let service = service.into_hyper();
         let connections = TaskTracker::new();
         let ctx = ConnectionContext {
@@ -278,6 +292,7 @@ impl Server {
             numbers: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             handoff: Arc::new(OnceLock::new()),
             cutoff: StreamCutoff::default(),
+            readiness: readiness.map(Arc::new),
         };
         let listening = listeners.iter().map(ToString::to_string).collect();
         let listener_fds = listeners

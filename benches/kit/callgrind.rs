@@ -34,8 +34,19 @@ pub struct Count {
     pub fixed: f64,
 }
 
+/// How the requests are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Keep-alive `GET /`, by the client below.
+    Http1,
+    /// h2c with prior knowledge, by h2load (`-m1`: one stream at a time on
+    /// each connection), against `baseline --h2`.
+    H2c,
+}
+
 /// Both servers' counts over the same number of connections.
 pub struct Figures {
+    pub protocol: Protocol,
     pub connections: u64,
     pub app: Count,
     pub baseline: Count,
@@ -46,8 +57,12 @@ impl Figures {
         self.app.per_request / self.baseline.per_request
     }
 
-    /// The table's row for all the runs.
+    /// The table's row for all the runs (of one protocol).
     pub fn row(runs: &[Figures]) -> String {
+        let what = match runs.first().map(|f| f.protocol) {
+            Some(Protocol::H2c) => "HTTP/2 (h2c, h2load -m1)",
+            _ => "HTTP/1.1 keep-alive",
+        };
         let figures = runs
             .iter()
             .map(|f| {
@@ -62,7 +77,7 @@ impl Figures {
             .collect::<Vec<_>>()
             .join("; ");
         format!(
-            "| `/` instructions per request, HTTP/1.1 keep-alive (callgrind, (I(2N) - I(N)) / N, N = {REQUESTS}) | {figures} | |"
+            "| `/` instructions per request, {what} (callgrind, (I(2N) - I(N)) / N, N = {REQUESTS}) | {figures} | |"
         )
     }
 }
@@ -75,19 +90,24 @@ fn plural(n: u64, what: &str) -> String {
     }
 }
 
-pub fn measure(app: &Path, baseline: &Path) -> Vec<Figures> {
+pub fn measure(app: &Path, baseline: &Path, protocol: Protocol) -> Vec<Figures> {
     let dir = tempfile::tempdir().expect("a temporary directory");
+    let baseline_args: &[&str] = match protocol {
+        Protocol::Http1 => &[],
+        Protocol::H2c => &["--h2"],
+    };
     CONNECTIONS
         .iter()
         .map(|&connections| {
             println!("over {}:", plural(connections, "connection"));
             let count = |name, program, args| {
-                count(dir.path(), name, program, args, connections)
+                count(dir.path(), name, program, args, connections, protocol)
             };
             let figures = Figures {
+                protocol,
                 connections,
                 app: count("app", app, &["--log-level", "warn"]),
-                baseline: count("baseline", baseline, &[]),
+                baseline: count("baseline", baseline, baseline_args),
             };
             for (name, c) in [("app", figures.app), ("baseline", figures.baseline)] {
                 println!(
@@ -103,9 +123,17 @@ pub fn measure(app: &Path, baseline: &Path) -> Vec<Figures> {
 }
 
 /// Runs `program` under callgrind with N, then 2N requests.
-fn count(dir: &Path, name: &str, program: &Path, args: &[&str], connections: u64) -> Count {
-    let short = instructions(dir, name, program, args, REQUESTS, connections);
-    let long = instructions(dir, name, program, args, 2 * REQUESTS, connections);
+fn count(
+    dir: &Path,
+    name: &str,
+    program: &Path,
+    args: &[&str],
+    connections: u64,
+    protocol: Protocol,
+) -> Count {
+    let run = |requests| instructions(dir, name, program, args, requests, connections, protocol);
+    let short = run(REQUESTS);
+    let long = run(2 * REQUESTS);
     let per_request = (long - short) as f64 / REQUESTS as f64;
     println!(
         "{name:>10}: {:.1} M instructions for {REQUESTS} requests, {:.1} M for {}",
@@ -127,8 +155,9 @@ fn instructions(
     args: &[&str],
     requests: u64,
     connections: u64,
+    protocol: Protocol,
 ) -> u64 {
-    let run = format!("{name}-{connections}-{requests}");
+    let run = format!("{name}-{protocol:?}-{connections}-{requests}");
     let out = dir.join(format!("{run}.callgrind"));
     let log = dir.join(format!("{run}.valgrind"));
     let addr = local_addr();
@@ -147,7 +176,10 @@ fn instructions(
     command.extend(args.iter().map(|a| (*a).to_owned()));
     let command: Vec<&str> = command.iter().map(String::as_str).collect();
     let mut server = Server::start(Path::new("valgrind"), &command, addr);
-    keep_alive_gets(addr, requests, connections);
+    match protocol {
+        Protocol::Http1 => keep_alive_gets(addr, requests, connections),
+        Protocol::H2c => h2load_gets(addr, requests, connections),
+    }
     let status = server.stop();
     let valgrind_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -198,6 +230,31 @@ fn keep_alive_gets(addr: SocketAddr, requests: u64, connections: u64) {
             });
         }
     });
+}
+
+/// `requests` GET / over `connections` h2c connections, by h2load, one
+/// stream at a time on each; every one must succeed with a 200.
+fn h2load_gets(addr: SocketAddr, requests: u64, connections: u64) {
+    let out = std::process::Command::new("h2load")
+        .args([
+            "-n",
+            &requests.to_string(),
+            "-c",
+            &connections.to_string(),
+            "-m",
+            "1",
+        ])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("run h2load (apt-get install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let wanted = format!("{requests} succeeded, 0 failed, 0 errored, 0 timeout");
+    assert!(
+        out.status.success()
+            && text.contains(&wanted)
+            && text.contains(&format!("status codes: {requests} 2xx")),
+        "h2load did not get {requests} answers of 200:\n{text}"
+    );
 }
 
 /// Reads one response with a Content-Length body; panics unless it is 200.

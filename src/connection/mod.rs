@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::drain;
 use crate::settings::{ConnectionTimeouts, Limits};
 
+use crate::readiness::ReadinessCheck;
 pub(crate) use admission::{Slot, Slots};
 pub(crate) use handoff::Handoff;
 use http::Conn;
@@ -85,6 +86,8 @@ pub(crate) struct ConnectionContext {
     pub handoff: Arc<OnceLock<Handoff>>,
     /// Ends the HTTP/2 streams still open shortly before the drain deadline.
     pub cutoff: StreamCutoff,
+    /// The readiness check the kit answers in front of the service, if any.
+    pub readiness: Option<Arc<ReadinessCheck>>,
 }
 
 /// Counts a connection as open, from where it is accepted (before its task
@@ -159,6 +162,7 @@ pub(crate) async fn serve<I, S, B>(
         inner: service,
         shared: shared.clone(),
         max_body_bytes: ctx.limits.max_body_bytes,
+        readiness: ctx.readiness.clone(),
     };
     if let Some(read) = handed_over.filter(|read| !read.is_empty()) {
         shared.bytes_arrived();

@@ -32,6 +32,7 @@ use super::policy::{Activity, Policy, Protocol};
 use super::streams::{H2Stream, StreamCutoff};
 use super::websocket::{self, OutgoingFrames};
 use crate::drain;
+use crate::readiness::ReadinessCheck;
 
 /// Activity shared by the IO wrapper, the service wrapper and the response
 /// bodies of one connection, and its task.
@@ -620,6 +621,8 @@ pub(super) struct Tracking<S> {
     pub inner: S,
     pub shared: Arc<Shared>,
     pub max_body_bytes: u64,
+    /// The readiness check the kit answers in front of the service.
+    pub readiness: Option<Arc<ReadinessCheck>>,
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracking<S>
@@ -641,6 +644,12 @@ where
                 response: Some(too_large(self.max_body_bytes, version, in_flight)),
             };
         }
+        let readiness = self.readiness.as_ref().is_some_and(|c| c.asks(&request));
+        if readiness && let Some(answer) = self.readiness.as_ref().and_then(|c| c.answer()) {
+            return TrackedFuture::Kit {
+                response: Some(kit_answer(answer, version, in_flight)),
+            };
+        }
         // Only HTTP/2 streams end at the cut-off (`streams`).
         let h2 = (version == Version::HTTP_2).then(|| H2Stream::new(request.headers()));
         TrackedFuture::Service {
@@ -648,6 +657,7 @@ where
             in_flight: Some(in_flight),
             version,
             h2,
+            readiness,
         }
     }
 }
@@ -663,6 +673,8 @@ pin_project_lite::pin_project! {
             in_flight: Option<InFlight>,
             version: Version,
             h2: Option<H2Stream>,
+            // The request is the kit's readiness check, of a ready instance.
+            readiness: bool,
         },
         Kit { response: Option<Response<TrackedBody<B>>> },
     }
@@ -684,6 +696,7 @@ where
                 in_flight,
                 version,
                 h2,
+                readiness,
             } => {
                 let polled = inner.poll(cx);
                 let Poll::Ready(response) = polled else {
@@ -706,16 +719,17 @@ where
                 };
                 let (mut parts, body) = response?.into_parts();
                 let in_flight = in_flight.take().expect("polled after completion");
+                if *readiness && let Some(answer) = crate::readiness::instead_of(parts.status) {
+                    // The service has no readiness route; its body is dropped.
+                    return Poll::Ready(Ok(kit_answer(answer, *version, in_flight)));
+                }
                 let shared = &in_flight.0;
                 if parts.status == StatusCode::SWITCHING_PROTOCOLS {
                     // The 101 says what the connection becomes: looked at
                     // here, on the rare upgrade, not on every request.
                     shared.lock().websocket_accepted =
                         websocket::is_websocket_upgrade(&parts.headers);
-                } else if *version < Version::HTTP_2
-                    && shared.drain.is_draining()
-                    && (!shared.drain.is_handing_over() || shared.drains_here())
-                {
+                } else if closes_after(shared, *version) {
                     // A connection that moves to the new process at its next
                     // boundary stays open: its client never hears of the deploy.
                     close_after(&mut parts, *version);
@@ -743,6 +757,42 @@ fn close_after(parts: &mut http::response::Parts, request_version: Version) {
     if request_version == Version::HTTP_10 {
         parts.version = Version::HTTP_10;
     }
+}
+
+/// Whether a response to an HTTP/1 request now is the last on its
+/// connection: the instance drains, and this connection does not move to a
+/// new process at its next boundary (its client then never hears of the
+/// deploy).
+fn closes_after(shared: &Shared, version: Version) -> bool {
+    version < Version::HTTP_2
+        && shared.drain.is_draining()
+        && (!shared.drain.is_handing_over() || shared.drains_here())
+}
+
+/// The kit's answer to the readiness check, without the service's.
+fn kit_answer<B>(
+    (status, text): crate::readiness::Answer,
+    version: Version,
+    in_flight: InFlight,
+) -> Response<TrackedBody<B>> {
+    let closes = closes_after(&in_flight.0, version);
+    let (mut parts, body) = Response::new(TrackedBody {
+        inner: Either::Kit {
+            bytes: Some(Bytes::from_static(text.as_bytes())),
+        },
+        _in_flight: in_flight,
+        h2: None,
+    })
+    .into_parts();
+    parts.status = status;
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if closes {
+        close_after(&mut parts, version);
+    }
+    Response::from_parts(parts, body)
 }
 
 /// 413, without calling the service. The body is never read (nor is a
