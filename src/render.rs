@@ -329,7 +329,7 @@ mod tests {
             .collect();
         let keys = uncommented.lines().filter(|l| l.contains(" = ")).count();
         assert_eq!(
-            keys, 14,
+            keys, 16,
             "every kit setting but instance, and the service's two:\n{uncommented}"
         );
         let from_file = SettingsFile::<Orders>::parse(path, &uncommented, "orders").unwrap();

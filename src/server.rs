@@ -418,6 +418,8 @@ impl Server {
         handing_over: bool,
     ) -> DrainReport {
         let connections_at_start = self.stop_accepting().await;
+        // Connections past their maximum age may have ended streams before.
+        let ended_before = self.cutoff.ended();
         let started = if handing_over {
             self.trigger.start_handover()
         } else {
@@ -454,7 +456,7 @@ impl Server {
         DrainReport {
             connections_at_start,
             cut,
-            streams_ended: self.cutoff.ended(),
+            streams_ended: self.cutoff.ended() - ended_before,
             elapsed: started.elapsed(),
         }
     }

@@ -36,6 +36,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Over how long a drain spreads the Close frames of its WebSockets (at
 /// most half the drain deadline, unless set).
 pub const DEFAULT_WEBSOCKET_CLOSE_WINDOW: Duration = Duration::from_secs(1);
+/// Connections have no maximum age unless one is set.
+pub const DEFAULT_MAX_CONNECTION_AGE: Option<Duration> = None;
+/// Past its maximum age, how long an HTTP/2 connection's open streams have
+/// before the kit ends them.
+pub const DEFAULT_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
+/// A maximum age longer than this is a typo; shorter than the minimum, one too.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+const MIN_CONNECTION_AGE: Duration = Duration::from_secs(1);
 /// The WebSocket close code a drain sends: 1001 Going Away.
 pub const DEFAULT_WEBSOCKET_CLOSE_CODE: u16 = 1001;
 /// The close codes a drain may send (RFC 6455, IANA): 1000 Normal Closure,
@@ -106,6 +114,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CODE")]
     pub websocket_close_code: Option<u16>,
 
+    /// Oldest a connection may grow before it is asked to end (HTTP/2: GOAWAY; HTTP/1: its next response closes it), give or take 10%, so clients spread over the instances again; 0 or off: never [default: off]
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub max_connection_age: Option<Duration>,
+
+    /// Past the maximum age, how long an HTTP/2 connection's open streams have before the kit ends them (gRPC: UNAVAILABLE) [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_connection_age_grace: Option<Duration>,
+
     /// Connections one instance serves at once; more wait in the socket's queue [default: 4096]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -143,6 +159,10 @@ pub struct FileSettings {
     #[serde(default, deserialize_with = "de_duration")]
     pub websocket_close_window: Option<Duration>,
     pub websocket_close_code: Option<u16>,
+    #[serde(default, deserialize_with = "de_age")]
+    pub max_connection_age: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_connection_age_grace: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub max_body_bytes: Option<u64>,
@@ -162,6 +182,10 @@ pub struct ConnectionTimeouts {
     pub websocket_close_window: Duration,
     /// The close code a drain sends each WebSocket.
     pub websocket_close_code: u16,
+    /// Oldest a connection may grow before it is asked to end, if any.
+    pub max_connection_age: Option<Duration>,
+    /// Past that age, how long an HTTP/2 connection's streams have.
+    pub max_connection_age_grace: Duration,
 }
 
 impl Default for ConnectionTimeouts {
@@ -172,6 +196,8 @@ impl Default for ConnectionTimeouts {
             idle_grace: DEFAULT_IDLE_GRACE,
             websocket_close_window: DEFAULT_WEBSOCKET_CLOSE_WINDOW,
             websocket_close_code: DEFAULT_WEBSOCKET_CLOSE_CODE,
+            max_connection_age: DEFAULT_MAX_CONNECTION_AGE,
+            max_connection_age_grace: DEFAULT_MAX_CONNECTION_AGE_GRACE,
         }
     }
 }
@@ -286,6 +312,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
     duration::deserialize(de).map(Some)
+}
+
+/// A maximum age: a duration, or `0` / `off` for none (kept as zero until
+/// [`Settings::resolve`] turns it into `None`).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text).map_err(|err| format!("{err}, or off"))
+}
+
+fn de_age<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Age {
+        Seconds(u64),
+        Text(String),
+    }
+    match Age::deserialize(de)? {
+        Age::Seconds(secs) => Ok(Some(Duration::from_secs(secs))),
+        Age::Text(text) => parse_age(&text).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A `Duration` in a service's own settings, written as the kit's are
@@ -465,6 +513,15 @@ impl Settings {
                     .websocket_close_code
                     .or(file.websocket_close_code)
                     .unwrap_or(DEFAULT_WEBSOCKET_CLOSE_CODE),
+                max_connection_age: match args.max_connection_age.or(file.max_connection_age) {
+                    Some(age) if age.is_zero() => None,
+                    Some(age) => Some(age),
+                    None => DEFAULT_MAX_CONNECTION_AGE,
+                },
+                max_connection_age_grace: args
+                    .max_connection_age_grace
+                    .or(file.max_connection_age_grace)
+                    .unwrap_or(DEFAULT_MAX_CONNECTION_AGE_GRACE),
             },
             require_socket: args.require_socket || file.require_socket.unwrap_or(false),
             limits: Limits {
@@ -497,6 +554,10 @@ impl Settings {
             ("idle_grace", self.timeouts.idle_grace),
             ("header_read_timeout", self.timeouts.header_read),
             ("idle_timeout", self.timeouts.idle),
+            (
+                "max_connection_age_grace",
+                self.timeouts.max_connection_age_grace,
+            ),
         ];
         for (name, value) in durations {
             let shown = humantime::format_duration(value).to_string();
@@ -506,6 +567,15 @@ impl Settings {
             if value > MAX_DURATION {
                 return Err(invalid(name, shown, "must be at most 1h"));
             }
+        }
+        if let Some(age) = self.timeouts.max_connection_age
+            && !(MIN_CONNECTION_AGE..=MAX_CONNECTION_AGE).contains(&age)
+        {
+            return Err(invalid(
+                "max_connection_age",
+                humantime::format_duration(age).to_string(),
+                "must be from 1s to 7days, or off",
+            ));
         }
         if self.timeouts.websocket_close_window >= self.drain_deadline {
             return Err(invalid(
@@ -681,6 +751,55 @@ mod tests {
         assert_eq!(s.instance, "standalone");
         assert_eq!(s.drain_deadline, DEFAULT_DRAIN_DEADLINE);
         assert_eq!(s.timeouts, ConnectionTimeouts::default());
+    }
+
+    #[test]
+    fn a_maximum_age_is_a_duration_or_off() {
+        let resolve = |text: &str| Settings::resolve(&ServeArgs::default(), &file(text)?);
+        let age = |text: &str| resolve(text).unwrap().timeouts.max_connection_age;
+        assert_eq!(age(""), None);
+        assert_eq!(
+            age("max_connection_age = \"30m\""),
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            age("max_connection_age = 90"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(age("max_connection_age = \"off\""), None);
+        assert_eq!(age("max_connection_age = \"0s\""), None);
+        let err = resolve("max_connection_age = \"500ms\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_connection_age") && err.contains("from 1s"),
+            "{err}"
+        );
+        let err = resolve("max_connection_age = \"30days\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("7days"), "{err}");
+        let err = resolve("max_connection_age = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_connection_age") && err.contains("or off"),
+            "{err}"
+        );
+        let err = resolve("max_connection_age_grace = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connection_age_grace"), "{err}");
+        let flag = ServeArgs {
+            max_connection_age: Some(parse_age("off").unwrap()),
+            ..Default::default()
+        };
+        let from_flag = Settings::resolve(&flag, &file("max_connection_age = \"1h\"").unwrap());
+        assert_eq!(
+            from_flag.unwrap().timeouts.max_connection_age,
+            None,
+            "off wins too"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use handover::server::Server;
-use handover::settings::Limits;
+use handover::settings::{ConnectionTimeouts, Limits};
 use handover::{HyperService, Listener, drain};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
@@ -24,8 +24,8 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
 /// A body that sends one chunk and then never ends: a service that does
-/// not watch the drain.
-struct Endless(Option<Bytes>);
+/// not watch the drain. (Or, with `true`, ends after it.)
+struct Endless(Option<Bytes>, bool);
 
 impl Body for Endless {
     type Data = Bytes;
@@ -37,6 +37,7 @@ impl Body for Endless {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.0.take() {
             Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None if self.1 => Poll::Ready(None),
             None => Poll::Pending,
         }
     }
@@ -52,7 +53,8 @@ fn grpc_message(payload: &[u8]) -> Bytes {
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Endless>, Infallible>> + Send>>;
 
-/// `…/Forever` streams one message and never ends; `…/Hang` never answers.
+/// `…/Forever` streams one message and never ends; `…/Hang` never answers;
+/// `…/Ok` answers and ends.
 /// Every request's path is reported as it enters.
 #[derive(Clone)]
 struct Stubborn(mpsc::UnboundedSender<String>);
@@ -77,18 +79,24 @@ impl hyper::service::Service<Request<Incoming>> for Stubborn {
             };
             Ok(Response::builder()
                 .header("content-type", content_type)
-                .body(Endless(Some(first)))
+                .body(Endless(Some(first), path.ends_with("/Ok")))
                 .unwrap())
         })
     }
 }
 
 fn start() -> (SocketAddr, Server, mpsc::UnboundedReceiver<String>) {
+    start_with(support::inprocess::timeouts())
+}
+
+fn start_with(
+    timeouts: ConnectionTimeouts,
+) -> (SocketAddr, Server, mpsc::UnboundedReceiver<String>) {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     socket.set_nonblocking(true).unwrap();
     let addr = socket.local_addr().unwrap();
     let (trigger, _drain) = drain::channel();
-    let (_timeouts_tx, timeouts) = watch::channel(support::inprocess::timeouts());
+    let (_timeouts_tx, timeouts) = watch::channel(timeouts);
     let (entered_tx, entered) = mpsc::unbounded_channel();
     let server = Server::start(
         vec![Listener::from(socket)],
@@ -229,4 +237,151 @@ async fn other_http2_streams_the_service_never_ends_get_503_or_a_cancel() {
 
     assert_eq!(report.cut, 0, "{report:?}");
     assert_eq!(report.streams_ended, 2, "{report:?}");
+}
+
+/// A maximum age of 1 s, with 1 s of grace for the streams.
+fn aging() -> ConnectionTimeouts {
+    ConnectionTimeouts {
+        max_connection_age: Some(Duration::from_secs(1)),
+        max_connection_age_grace: Duration::from_secs(1),
+        ..support::inprocess::timeouts()
+    }
+}
+
+/// As `GRPC_CLIENT`, with no drain: the calls end when the connection is
+/// past its age and grace; then the same channel calls again, on a new
+/// connection, and prints the new call's first message.
+const GRPC_AGING_CLIENT: &str = r#"
+import sys, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+ident = lambda b: b
+forever = channel.unary_stream("/test.Svc/Forever", request_serializer=ident, response_deserializer=ident)
+stream = forever(b"")
+unary = channel.unary_unary("/test.Svc/Hang", request_serializer=ident, response_deserializer=ident).future(b"")
+assert next(stream) == b"first"
+print("started", flush=True)
+try:
+    for message in stream:
+        print("forever message", message, flush=True)
+    print("forever OK", flush=True)
+except grpc.RpcError as err:
+    print("forever", err.code().name, err.details(), flush=True)
+try:
+    unary.result()
+    print("hang OK", flush=True)
+except grpc.RpcError as err:
+    print("hang", err.code().name, err.details(), flush=True)
+again = forever(b"")
+print("again", next(again).decode(), flush=True)
+again.cancel()
+"#;
+
+#[tokio::test]
+async fn past_its_maximum_age_an_http2_connection_goes_away_and_its_grpc_calls_get_unavailable() {
+    const TEST: &str =
+        "past_its_maximum_age_an_http2_connection_goes_away_and_its_grpc_calls_get_unavailable";
+    if !has_grpcio() {
+        support::cannot_run(
+            TEST,
+            "Python's grpcio is missing (apt-get install python3-grpcio)",
+        );
+        return;
+    }
+    let (addr, server, mut entered) = start_with(aging());
+    let started = std::time::Instant::now();
+    let client = Command::new("/usr/bin/python3")
+        .args(["-c", GRPC_AGING_CLIENT, &addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_entered(&mut entered, &["/test.Svc/Forever", "/test.Svc/Hang"]).await;
+    // Only a guard against a hang: the calls end 2 s or so in.
+    let out = tokio::time::timeout(Duration::from_secs(60), client.wait_with_output())
+        .await
+        .expect("the calls never ended")
+        .unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "client: {stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0], "started");
+    for (name, line) in ["forever", "hang"].iter().zip(&lines[1..]) {
+        assert!(
+            line.starts_with(&format!("{name} UNAVAILABLE ")),
+            "{name} ended with {line:?} (all: {lines:?})"
+        );
+    }
+    // The channel went on, on a connection of its own.
+    assert_eq!(lines[3], "again first", "{lines:?}");
+    wait_entered(&mut entered, &["/test.Svc/Forever"]).await;
+    // Not before the age (at least 0.9 s) and its grace (1 s).
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    eprintln!("{TEST}: the calls ended and the channel called again after {took:?}");
+
+    let report = server.drain(Duration::from_secs(3), |_| {}).await;
+    assert_eq!(report.cut, 0, "{report:?}");
+}
+
+/// Python's http.client on one keep-alive connection, a request every
+/// 50 ms until a response says `Connection: close` (at most 200), then one
+/// more, which it sends on a new connection. Prints each response as
+/// `STATUS CONNECTION-HEADER LOCAL-PORT`.
+const HTTP1_AGING_CLIENT: &str = r#"
+import sys, time, http.client
+host, port = sys.argv[1].rsplit(":", 1)
+conn = http.client.HTTPConnection(host, int(port))
+def get():
+    conn.request("GET", "/plain/Ok")
+    port = conn.sock.getsockname()[1]
+    r = conn.getresponse()
+    r.read()
+    print(r.status, r.getheader("connection", "-"), port, flush=True)
+    return r.getheader("connection", "") == "close"
+for _ in range(200):
+    if get():
+        break
+    time.sleep(0.05)
+get()
+"#;
+
+#[tokio::test]
+async fn past_its_maximum_age_an_http1_connection_is_closed_by_its_next_response() {
+    let (addr, server, _entered) = start_with(aging());
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", HTTP1_AGING_CLIENT, &addr.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let responses: Vec<Vec<&str>> = stdout.lines().map(|l| l.split(' ').collect()).collect();
+    assert!(responses.iter().all(|r| r[0] == "200"), "{stdout}");
+    let (last, before) = responses.split_last().unwrap();
+    let (closing, kept) = before.split_last().expect(&stdout);
+    assert_eq!(closing[1], "close", "{stdout}");
+    // Every response before it kept the connection, one connection all along
+    // (not closed while idle, which would race the client) ...
+    assert!(!kept.is_empty(), "closed by the first response: {stdout}");
+    assert!(
+        kept.iter().all(|r| r[1] == "-" && r[2] == closing[2]),
+        "{stdout}"
+    );
+    // ... and the next request went on a new connection.
+    assert_ne!(last[2], closing[2], "{stdout}");
+    // 0.9 s at least, at a request every 50 ms or more.
+    assert!(kept.len() >= 17, "{} requests before the close", kept.len());
+    eprintln!(
+        "past_its_maximum_age_an_http1_connection_is_closed_by_its_next_response: {} requests, then close",
+        kept.len() + 1
+    );
+    let report = server.drain(Duration::from_secs(3), |_| {}).await;
+    assert_eq!(report.cut, 0, "{report:?}");
 }

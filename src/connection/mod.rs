@@ -153,9 +153,10 @@ pub(crate) async fn serve<I, S, B>(
         State::new(Policy::new(
             *ctx.timeouts.borrow(),
             policy::close_slot(ctx.numbers.fetch_add(1, Ordering::Relaxed)),
+            Instant::now(),
         )),
         ctx.drain.clone(),
-        ctx.cutoff.clone(),
+        ctx.cutoff.for_connection(),
     ));
     let mut io = TokioIo::new(Tracked::new(io, shared.clone(), home_tx));
     let service = Tracking {
@@ -443,6 +444,8 @@ where
                             close_retry = Some(code);
                         }
                     }
+                    Action::Retire => shared.retire(),
+                    Action::EndStreams => shared.end_streams(),
                 }
             }
         }

@@ -17,6 +17,15 @@
 //!   streams in flight finish, new ones go to a new connection, which lands
 //!   on a sibling. A client that never acknowledges the GOAWAY's PING is
 //!   closed once it has had no stream for `idle_grace`.
+//! - **A maximum age** (`max_connection_age`, off unless set), as
+//!   grpc-go's `MaxConnectionAge`, so no connection lives forever on one
+//!   process and balancing can follow the instances: past it (give or take
+//!   10%, by the connection's close slot, so connections opened together do
+//!   not all end together) an HTTP/2 connection gets the graceful GOAWAY,
+//!   and its streams still open after `max_connection_age_grace` are ended
+//!   as the drain's cut-off ends them; an HTTP/1 connection's next response
+//!   carries `Connection: close` (closing it idle would race the client, as
+//!   above). Upgraded connections are left alone.
 //! - **Upgraded** (a WebSocket, or another protocol after `101`): the kit
 //!   sends a WebSocket a Close frame when the drain starts, at this
 //!   connection's place in the close window, so siblings do not take every
@@ -45,6 +54,7 @@ pub(crate) enum Protocol {
 pub(crate) enum CloseReason {
     IdleTimeout,
     DrainGrace,
+    MaxAge,
 }
 
 /// What the connection is doing, as far as closing it is concerned.
@@ -70,6 +80,12 @@ pub(crate) enum Action {
     Close(CloseReason),
     /// Send the WebSocket Close frame.
     WebSocketClose,
+    /// Past its maximum age, an HTTP/1 connection: its next response says
+    /// `Connection: close`.
+    Retire,
+    /// Past its maximum age and grace, an HTTP/2 connection: end the streams
+    /// still open, as the drain's cut-off does.
+    EndStreams,
 }
 
 /// One connection's close policy.
@@ -85,11 +101,17 @@ pub(crate) struct Policy {
     /// a fraction of the window.
     close_slot: f64,
     websocket_closed: bool,
+    /// When the connection was accepted (or taken over), for its age.
+    opened: Instant,
+    /// When it was retired for its age.
+    aged: Option<Instant>,
+    streams_ended: bool,
 }
 
 impl Policy {
-    /// `close_slot` in `[0, 1)`: this connection's place in the close window.
-    pub fn new(timeouts: ConnectionTimeouts, close_slot: f64) -> Self {
+    /// `close_slot` in `[0, 1)`: this connection's place in the close window
+    /// (and in the spread of its maximum age); `opened`: when it was accepted.
+    pub fn new(timeouts: ConnectionTimeouts, close_slot: f64, opened: Instant) -> Self {
         Self {
             protocol: Protocol::Unknown,
             timeouts,
@@ -98,6 +120,9 @@ impl Policy {
             shutdown_at: None,
             close_slot,
             websocket_closed: false,
+            opened,
+            aged: None,
+            streams_ended: false,
         }
     }
 
@@ -124,10 +149,17 @@ impl Policy {
     /// Records that the loop carried out `action` at `now`.
     pub fn taken(&mut self, action: Action, now: Instant) {
         match action {
-            Action::GracefulShutdown(_) => {
+            Action::GracefulShutdown(reason) => {
                 self.shutdown_at.get_or_insert(now);
+                if reason == CloseReason::MaxAge {
+                    self.aged.get_or_insert(now);
+                }
             }
             Action::WebSocketClose => self.websocket_closed = true,
+            Action::Retire => {
+                self.aged.get_or_insert(now);
+            }
+            Action::EndStreams => self.streams_ended = true,
             Action::RequestTimeout | Action::Close(_) => {}
         }
     }
@@ -142,6 +174,18 @@ impl Policy {
             || self.pressure_since.is_some()
             || self.shutdown_at.is_some()
             || self.timeouts.idle < self.timeouts.header_read
+    }
+
+    /// When the connection reaches its maximum age, if it has one and has
+    /// not been retired for it (nor is draining, which ends it anyway).
+    fn age_due(&self) -> Option<Instant> {
+        if self.aged.is_some() || self.drain_started.is_some() {
+            return None;
+        }
+        let age = self.timeouts.max_connection_age?;
+        // grpc-go spreads it by ±10% at random; the slot spreads it as
+        // evenly, and repeatably.
+        Some(self.opened + age.mul_f64(0.9 + 0.2 * self.close_slot))
     }
 
     /// What to do next and when, if nothing else happens first. `None`:
@@ -159,34 +203,56 @@ impl Policy {
             }
             Protocol::Http2 => {
                 if let Some(asked) = self.shutdown_at {
+                    if activity.in_flight > 0 {
+                        // Retired for its age: its streams have the grace,
+                        // then end as the drain's cut-off ends them.
+                        return match self.aged {
+                            Some(aged) if !self.streams_ended => {
+                                Some((aged + t.max_connection_age_grace, Action::EndStreams))
+                            }
+                            _ => None,
+                        };
+                    }
                     // Asked to end: hyper closes once the streams are done
                     // and the client acknowledges. Bound the wait for the
                     // acknowledgement: some clients never send it.
-                    return (activity.in_flight == 0).then(|| {
-                        let idle = activity.idle_since.max(asked);
-                        (idle + t.idle_grace, Action::Close(CloseReason::DrainGrace))
-                    });
+                    let idle = activity.idle_since.max(asked);
+                    let reason = match self.aged {
+                        Some(_) => CloseReason::MaxAge,
+                        None => CloseReason::DrainGrace,
+                    };
+                    return Some((idle + t.idle_grace, Action::Close(reason)));
                 }
                 if let Some(drain) = self.drain_started {
                     // GOAWAY at once, streams in flight or not.
                     return Some((drain, Action::GracefulShutdown(CloseReason::DrainGrace)));
                 }
+                let aged = self
+                    .age_due()
+                    .map(|at| (at, Action::GracefulShutdown(CloseReason::MaxAge)));
                 if activity.in_flight > 0 {
-                    return None;
+                    return aged;
                 }
                 let (at, reason) = self.idle_end(activity);
-                Some((at, Action::GracefulShutdown(reason)))
+                sooner(Some((at, Action::GracefulShutdown(reason))), aged)
             }
             Protocol::Unknown | Protocol::Http1 => {
-                if self.shutdown_at.is_some() || activity.in_flight > 0 {
+                if self.shutdown_at.is_some() {
                     return None;
+                }
+                let aged = self.age_due().map(|at| (at, Action::Retire));
+                if activity.in_flight > 0 {
+                    return aged;
                 }
                 if let Some(started) = activity.head_started {
                     // Draining does not cut a request that is arriving.
-                    return Some((started + t.header_read, Action::RequestTimeout));
+                    return sooner(
+                        Some((started + t.header_read, Action::RequestTimeout)),
+                        aged,
+                    );
                 }
                 let (at, reason) = self.idle_end(activity);
-                Some((at, Action::GracefulShutdown(reason)))
+                sooner(Some((at, Action::GracefulShutdown(reason))), aged)
             }
         }
     }
@@ -220,6 +286,14 @@ impl Policy {
     }
 }
 
+/// The sooner of two due actions; the first on a tie.
+fn sooner(a: Option<(Instant, Action)>, b: Option<(Instant, Action)>) -> Option<(Instant, Action)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A connection's place in the close window, in `[0, 1)`, from its number:
 /// consecutive connections land far apart (a golden-ratio sequence), so any
 /// set of them spreads evenly over the window.
@@ -239,6 +313,8 @@ mod tests {
         idle_grace: Duration::from_secs(1),
         websocket_close_window: Duration::from_secs(2),
         websocket_close_code: 1001,
+        max_connection_age: None,
+        max_connection_age_grace: Duration::from_secs(5),
     };
 
     fn activity(in_flight: usize, idle_since: Instant, head: Option<Instant>) -> Activity {
@@ -250,7 +326,7 @@ mod tests {
     }
 
     fn http1() -> Policy {
-        let mut policy = Policy::new(T, 0.5);
+        let mut policy = Policy::new(T, 0.5, Instant::now());
         policy.set_protocol(Protocol::Http1);
         policy
     }
@@ -363,7 +439,7 @@ mod tests {
     #[test]
     fn http2_sends_goaway_as_the_drain_starts_even_with_streams_in_flight() {
         let now = Instant::now();
-        let mut policy = Policy::new(T, 0.5);
+        let mut policy = Policy::new(T, 0.5, Instant::now());
         policy.set_protocol(Protocol::Http2);
         assert_eq!(policy.due(&activity(3, now, None)), None);
         let drain = now + Duration::from_secs(1);
@@ -386,7 +462,7 @@ mod tests {
     #[test]
     fn http2_ignores_the_header_timeout_and_goes_away_when_idle_too_long() {
         let now = Instant::now();
-        let mut policy = Policy::new(T, 0.5);
+        let mut policy = Policy::new(T, 0.5, Instant::now());
         policy.set_protocol(Protocol::Http2);
         assert_eq!(
             policy.due(&activity(0, now, Some(now))),
@@ -397,7 +473,7 @@ mod tests {
     #[test]
     fn a_websocket_is_closed_at_its_place_in_the_window() {
         let now = Instant::now();
-        let mut policy = Policy::new(T, 0.25);
+        let mut policy = Policy::new(T, 0.25, Instant::now());
         policy.set_protocol(Protocol::Upgraded { websocket: true });
         assert_eq!(
             policy.due(&activity(0, now, None)),
@@ -416,9 +492,107 @@ mod tests {
     #[test]
     fn the_kit_sends_no_close_on_other_upgrades() {
         let now = Instant::now();
-        let mut other = draining(Policy::new(T, 0.25), now);
+        let mut other = draining(Policy::new(T, 0.25, Instant::now()), now);
         other.set_protocol(Protocol::Upgraded { websocket: false });
         assert_eq!(other.due(&activity(0, now, None)), None);
+    }
+
+    fn aged(protocol: Protocol, slot: f64, opened: Instant) -> Policy {
+        let timeouts = ConnectionTimeouts {
+            max_connection_age: Some(Duration::from_secs(10)),
+            ..T
+        };
+        let mut policy = Policy::new(timeouts, slot, opened);
+        policy.set_protocol(protocol);
+        policy
+    }
+
+    #[test]
+    fn an_http2_connection_past_its_age_goes_away_and_its_streams_end_after_the_grace() {
+        let opened = Instant::now();
+        let mut policy = aged(Protocol::Http2, 0.5, opened);
+        let age = opened + Duration::from_secs(10);
+        // Streams in flight do not hold the GOAWAY back.
+        assert_eq!(
+            policy.due(&activity(3, opened, None)),
+            Some((age, GracefulShutdown(MaxAge)))
+        );
+        policy.taken(GracefulShutdown(MaxAge), age);
+        let grace = age + T.max_connection_age_grace;
+        assert_eq!(
+            policy.due(&activity(3, opened, None)),
+            Some((grace, EndStreams))
+        );
+        policy.taken(EndStreams, grace);
+        assert_eq!(policy.due(&activity(3, opened, None)), None, "ended once");
+        // Its streams done, a client that never acknowledges is closed.
+        let idle = grace + Duration::from_millis(10);
+        assert_eq!(
+            policy.due(&activity(0, idle, None)),
+            Some((idle + T.idle_grace, Close(MaxAge)))
+        );
+    }
+
+    #[test]
+    fn an_idle_http2_connection_goes_away_at_its_age_if_that_comes_first() {
+        let opened = Instant::now();
+        let policy = aged(Protocol::Http2, 0.5, opened);
+        assert_eq!(
+            policy.due(&activity(0, opened, None)),
+            Some((opened + Duration::from_secs(10), GracefulShutdown(MaxAge)))
+        );
+    }
+
+    #[test]
+    fn an_http1_connection_past_its_age_is_retired_not_closed() {
+        let opened = Instant::now();
+        let mut policy = aged(Protocol::Http1, 0.5, opened);
+        let age = opened + Duration::from_secs(10);
+        assert_eq!(policy.due(&activity(0, opened, None)), Some((age, Retire)));
+        assert_eq!(policy.due(&activity(1, opened, None)), Some((age, Retire)));
+        policy.taken(Retire, age);
+        // Idle, it waits for its next request (whose response says close)
+        // or its idle timeout: closing it now would race the client.
+        assert_eq!(
+            policy.due(&activity(0, opened, None)),
+            Some((opened + T.idle, GracefulShutdown(IdleTimeout)))
+        );
+        assert_eq!(policy.due(&activity(1, opened, None)), None);
+    }
+
+    #[test]
+    fn ages_spread_by_ten_percent_over_the_slots() {
+        let opened = Instant::now();
+        let at = |slot| {
+            aged(Protocol::Http1, slot, opened)
+                .due(&activity(1, opened, None))
+                .unwrap()
+                .0
+                - opened
+        };
+        assert_eq!(at(0.0), Duration::from_secs(9));
+        assert_eq!(at(0.5), Duration::from_secs(10));
+        assert!(at(0.999) > Duration::from_millis(10_990));
+    }
+
+    #[test]
+    fn the_drain_takes_over_from_the_age() {
+        let opened = Instant::now();
+        let drain = opened + Duration::from_secs(1);
+        let policy = draining(aged(Protocol::Http1, 0.5, opened), drain);
+        assert_eq!(
+            policy.due(&activity(0, opened, None)),
+            Some((drain + T.idle_grace, GracefulShutdown(DrainGrace)))
+        );
+        assert_eq!(policy.due(&activity(1, opened, None)), None);
+    }
+
+    #[test]
+    fn without_a_maximum_age_nothing_is_retired() {
+        let opened = Instant::now();
+        let mut policy = Policy::new(T, 0.5, opened);
+        policy.set_protocol(Protocol::Http2);
+        assert_eq!(policy.due(&activity(2, opened, None)), None);
     }
 
     #[test]

@@ -59,6 +59,15 @@ impl StreamCutoff {
         self.token.cancel();
     }
 
+    /// One connection's own: fired with this one, or alone (the connection
+    /// is past its maximum age), counting in the same total.
+    pub fn for_connection(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+            ended: self.ended.clone(),
+        }
+    }
+
     /// Streams the cut-off ended.
     pub fn ended(&self) -> usize {
         self.ended.load(Ordering::Relaxed)

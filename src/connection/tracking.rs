@@ -64,8 +64,11 @@ pub(super) struct Shared {
     moving: AtomicBool,
     /// The connection drains here although the process hands over.
     stays: AtomicBool,
-    /// Ends the HTTP/2 streams still open shortly before the drain deadline.
+    /// Ends the HTTP/2 streams still open shortly before the drain deadline,
+    /// or when the connection is past its maximum age and grace.
     cutoff: StreamCutoff,
+    /// Past its maximum age: an HTTP/1 response then closes the connection.
+    retired: AtomicBool,
 }
 
 pub(super) struct State {
@@ -256,7 +259,20 @@ impl Shared {
             unflushed: AtomicBool::new(false),
             moving: AtomicBool::new(false),
             stays: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// The connection is past its maximum age: its next HTTP/1 response
+    /// says `Connection: close`.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends this connection's HTTP/2 streams still open, as the drain's
+    /// cut-off would.
+    pub fn end_streams(&self) {
+        self.cutoff.fire();
     }
 
     /// Asks the connection to move to a new process: returns whether it
@@ -765,8 +781,8 @@ fn close_after(parts: &mut http::response::Parts, request_version: Version) {
 /// deploy).
 fn closes_after(shared: &Shared, version: Version) -> bool {
     version < Version::HTTP_2
-        && shared.drain.is_draining()
-        && (!shared.drain.is_handing_over() || shared.drains_here())
+        && (shared.drain.is_draining() && (!shared.drain.is_handing_over() || shared.drains_here())
+            || shared.retired.load(Ordering::Relaxed))
 }
 
 /// The kit's answer to the readiness check, without the service's.
@@ -900,7 +916,11 @@ mod tests {
     async fn bytes_given_back_are_read_first_in_order_then_the_socket() {
         let (_trigger, watch) = drain::channel();
         let shared = Arc::new(Shared::new(
-            State::new(Policy::new(ConnectionTimeouts::default(), 0.0)),
+            State::new(Policy::new(
+                ConnectionTimeouts::default(),
+                0.0,
+                Instant::now(),
+            )),
             watch,
             StreamCutoff::default(),
         ));

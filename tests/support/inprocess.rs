@@ -33,6 +33,7 @@ pub fn timeouts() -> ConnectionTimeouts {
         idle_grace: GRACE,
         websocket_close_window: WEBSOCKET_CLOSE_WINDOW,
         websocket_close_code: 1001,
+        ..ConnectionTimeouts::default()
     }
 }
 
