@@ -1,8 +1,12 @@
 //! gRPC through every deploy verb: examples/greeter (a tonic server on the
 //! kit's public API) under the booted systemd with its own rendered units,
-//! while Python's grpcio calls it from 16 channels that share one TCP
-//! connection, as grpcio does by default. Every unary call and every server
-//! stream must succeed, as grpcio counts them, and every drain must finish.
+//! while Python's grpcio calls it from 21 channels that share one TCP
+//! connection, as grpcio does by default: unary calls in loops, 10 long
+//! server streams and 5 bidi streams. Every unary call must succeed; every
+//! stream a deploy ends must end with the drain's UNAVAILABLE (then the
+//! client resumes it), never with a reset or a connection error; no stream
+//! message may be lost, duplicated or out of order, as grpcio counts them;
+//! and every drain must finish.
 
 mod support;
 
@@ -17,11 +21,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const NAME: &str = "greeter";
-const THREADS: usize = 16;
+/// grpcio's threads: unary loops, server streams, bidi streams.
+const UNARY: usize = 6;
+const STREAMS: usize = 10;
+const BIDI: usize = 5;
 /// Every drain ends well before the 10 s deadline, with nothing cut.
 const DRAIN_LIMIT_MS: u64 = 5_000;
 
-/// The verbs a user deploys with, each run twice; the instances' drains
+/// The verbs a user deploys with, each run every round; the instances' drains
 /// they cause (a reload or a restart of each of the two instances).
 const VERBS: &[&[&str]] = &[
     &["/usr/bin/greeter", "rollout"],
@@ -29,7 +36,8 @@ const VERBS: &[&[&str]] = &[
     &["systemctl", "reload-or-restart", "greeter@1", "greeter@2"],
     &["systemctl", "reload", "greeter@*"],
 ];
-const ROUNDS: usize = 5;
+/// Ten rollouts by reload and ten by restart, and as many of each systemctl verb.
+const ROUNDS: usize = 10;
 
 fn has_grpcio() -> bool {
     std::process::Command::new("/usr/bin/python3")
@@ -76,7 +84,9 @@ async fn grpcio_through_every_deploy_verb_fails_no_call() {
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_client.py");
     let mut client = Command::new("/usr/bin/python3")
-        .args([script, &addr.to_string(), &THREADS.to_string()])
+        .arg(script)
+        .arg(addr.to_string())
+        .args([UNARY, STREAMS, BIDI].map(|n| n.to_string()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -123,9 +133,16 @@ async fn grpcio_through_every_deploy_verb_fails_no_call() {
     );
     let counts: serde_json::Value = serde_json::from_str(&summary).unwrap();
     assert_eq!(counts["failed"], 0, "grpcio counted failures: {summary}");
-    let unary = counts["unary_ok"].as_u64().unwrap();
-    let streams = counts["stream_ok"].as_u64().unwrap();
-    assert!(unary > 0 && streams > 0, "{summary}");
+    for key in [
+        "unary_ok",
+        "stream_messages",
+        "bidi_echoes",
+        // The deploys ended streams, and their clients resumed them.
+        "streams_resumed",
+        "bidi_resumed",
+    ] {
+        assert!(counts[key].as_u64().unwrap() > 0, "no {key}: {summary}");
+    }
 
     // Restarts drain ("drain started" … "drain finished"): one per
     // instance per `rollout --restart`. Reloads hand over ("handover

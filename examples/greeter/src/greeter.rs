@@ -17,6 +17,8 @@ pub struct GreetingsRequest {
     pub count: u32,
     #[prost(uint32, tag = "3")]
     pub every_ms: u32,
+    #[prost(uint32, tag = "4")]
+    pub first: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -25,6 +27,8 @@ pub struct HelloReply {
     pub message: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub instance: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub seq: u32,
 }
 /// Generated server implementations.
 pub mod greeter_server {
@@ -49,11 +53,22 @@ pub mod greeter_server {
                 Item = std::result::Result<super::HelloReply, tonic::Status>,
             > + std::marker::Send
             + 'static;
-        /// `count` greetings, one every `every_ms` milliseconds.
+        /// `count` greetings, one every `every_ms` milliseconds, numbered from
+        /// `first` (so a client whose stream a deploy ended can resume it).
         async fn greetings(
             &self,
             request: tonic::Request<super::GreetingsRequest>,
         ) -> std::result::Result<tonic::Response<Self::GreetingsStream>, tonic::Status>;
+        /// Server streaming response type for the Chat method.
+        type ChatStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::HelloReply, tonic::Status>,
+            > + std::marker::Send
+            + 'static;
+        /// One greeting for each request, numbered from 0 in the stream.
+        async fn chat(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::HelloRequest>>,
+        ) -> std::result::Result<tonic::Response<Self::ChatStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct GreeterServer<T> {
@@ -204,6 +219,45 @@ pub mod greeter_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/greeter.Greeter/Chat" => {
+                    #[allow(non_camel_case_types)]
+                    struct ChatSvc<T: Greeter>(pub Arc<T>);
+                    impl<T: Greeter> tonic::server::StreamingService<super::HelloRequest> for ChatSvc<T> {
+                        type Response = super::HelloReply;
+                        type ResponseStream = T::ChatStream;
+                        type Future =
+                            BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::HelloRequest>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Greeter>::chat(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ChatSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

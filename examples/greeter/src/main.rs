@@ -3,10 +3,11 @@
 //! `proto/greeter.proto`, see `src/greeter.rs`) and the kit's whole process
 //! around it: socket activation, readiness, the drain, in-place reloads.
 //!
-//! The drain needs nothing from it. Its calls are short, so they finish
-//! within the drain; a stream still open one second before the drain
-//! deadline would get `UNAVAILABLE` from the kit, and the kit answers
-//! `/readyz`, which tonic's router would otherwise answer `200` with
+//! Its unary calls are short and finish within the drain. Its streams
+//! watch the drain and end with `UNAVAILABLE` as it starts, which gRPC
+//! clients retry on a new connection; a stream that did not would get the
+//! same status from the kit one second before the drain deadline. The kit
+//! answers `/readyz`, which tonic's router would otherwise answer `200` with
 //! `grpc-status: 12` whatever the instance's state.
 
 mod greeter;
@@ -18,13 +19,20 @@ use greeter::greeter_server::{Greeter, GreeterServer};
 use greeter::{GreetingsRequest, HelloReply, HelloRequest};
 use handover::{Context, Service};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-/// Streams longer than this are refused: they would outlast the drain.
-const MAX_STREAM: Duration = Duration::from_secs(5);
+/// Streams longer than this are refused.
+const MAX_STREAM: Duration = Duration::from_secs(600);
 
 struct Greetings {
     ctx: Context,
+}
+
+/// What a stream ends with when the drain starts: UNAVAILABLE, which gRPC
+/// clients read as "try again", and which they then do on a new connection,
+/// to a sibling or the new process.
+fn draining() -> Status {
+    Status::unavailable("the instance is draining; call again")
 }
 
 #[tonic::async_trait]
@@ -33,11 +41,13 @@ impl Greeter for Greetings {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
-        Ok(Response::new(self.reply(&request.into_inner().name)))
+        Ok(Response::new(self.reply(&request.into_inner().name, 0)))
     }
 
     type GreetingsStream = ReceiverStream<Result<HelloReply, Status>>;
 
+    /// A server stream that ends as the drain starts, as a stream that
+    /// lasts should: the drain then does not wait for it.
     async fn greetings(
         &self,
         request: Request<GreetingsRequest>,
@@ -46,6 +56,7 @@ impl Greeter for Greetings {
             name,
             count,
             every_ms,
+            first,
         } = request.into_inner();
         let every = Duration::from_millis(every_ms.into());
         if every * count > MAX_STREAM {
@@ -54,13 +65,61 @@ impl Greeter for Greetings {
             )));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let reply = self.reply(&name);
+        let this = Greetings {
+            ctx: self.ctx.clone(),
+        };
         tokio::spawn(async move {
-            for _ in 0..count {
-                if tx.send(Ok(reply.clone())).await.is_err() {
+            let drain = this.ctx.drain().clone();
+            for seq in first..first.saturating_add(count) {
+                if tx.send(Ok(this.reply(&name, seq))).await.is_err() {
                     return; // The client went away.
                 }
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = drain.draining() => {
+                        let _ = tx.send(Err(draining())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ChatStream = ReceiverStream<Result<HelloReply, Status>>;
+
+    /// A greeting for each request, until the client ends its side or the
+    /// drain starts.
+    async fn chat(
+        &self,
+        request: Request<Streaming<HelloRequest>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let this = Greetings {
+            ctx: self.ctx.clone(),
+        };
+        tokio::spawn(async move {
+            let drain = this.ctx.drain().clone();
+            let mut seq = 0;
+            loop {
+                let next = tokio::select! {
+                    next = requests.message() => next,
+                    _ = drain.draining() => {
+                        let _ = tx.send(Err(draining())).await;
+                        return;
+                    }
+                };
+                let reply = match next {
+                    Ok(Some(request)) => Ok(this.reply(&request.name, seq)),
+                    Ok(None) => return, // The client is done.
+                    Err(status) => Err(status),
+                };
+                let ended = reply.is_err();
+                if tx.send(reply).await.is_err() || ended {
+                    return;
+                }
+                seq += 1;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -68,10 +127,11 @@ impl Greeter for Greetings {
 }
 
 impl Greetings {
-    fn reply(&self, name: &str) -> HelloReply {
+    fn reply(&self, name: &str, seq: u32) -> HelloReply {
         HelloReply {
             message: format!("hello, {name}"),
             instance: self.ctx.instance(),
+            seq,
         }
     }
 }
