@@ -85,8 +85,10 @@ pub enum ActivationError {
 }
 
 impl ActivationEnv {
-    /// Reads the variables. The caller removes them afterwards (see
-    /// [`crate::listeners::take_from_env`]) so child processes do not inherit them.
+    /// Reads the variables, and leaves them: the kit never writes the
+    /// environment, since other threads may exist by then. A child cannot
+    /// take them for its own: `LISTEN_PID` names this process, and the
+    /// passed fds are close-on-exec ([`crate::listeners`]).
     pub fn from_process_env() -> Self {
         let var = |name| std::env::var(name).ok();
         Self {
@@ -98,7 +100,7 @@ impl ActivationEnv {
 
     /// The fds passed to `own_pid`, or `None` when this is not a socket-activated start.
     ///
-    /// A missing `LISTEN_PID` is accepted, as listenfd (and `systemfd`) do; a
+    /// A missing `LISTEN_PID` is accepted, as the listenfd crate (and `systemfd`) do; a
     /// `LISTEN_PID` naming another process is an error rather than "no sockets",
     /// because silently binding a default address instead of the sockets the
     /// operator configured is the surprise we want to avoid.

@@ -9,6 +9,8 @@
 
 use std::io;
 
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
 /// Descriptors besides connections: listeners, epoll, the runtime's
 /// eventfds, the journal, stdio, a settings file being read.
 pub const RESERVE: u64 = 64;
@@ -26,25 +28,21 @@ pub struct FdLimitError {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard one; returns the limit now in force.
 pub fn raise_soft_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit write and read only `limit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if soft < hard {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
         };
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return Ok(raised.rlim_cur);
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Ok(hard);
         }
         // Not fatal: the check below says whether the old limit is enough.
     }
-    Ok(limit.rlim_cur)
+    Ok(soft)
 }
 
 /// Whether `max_connections` connections fit under `limit` descriptors.
@@ -75,12 +73,8 @@ mod tests {
     #[test]
     fn the_soft_limit_is_raised_to_the_hard_one() {
         let limit = raise_soft_limit().unwrap();
-        let mut now = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
-        assert_eq!(now.rlim_cur, limit);
-        assert_eq!(now.rlim_cur, now.rlim_max);
+        let now = getrlimit(Resource::Nofile);
+        assert_eq!(now.current.unwrap_or(u64::MAX), limit);
+        assert_eq!(now.current, now.maximum);
     }
 }

@@ -2,8 +2,14 @@
 //! bind ourselves when started outside socket activation.
 //!
 //! Every passed fd is checked before use (open, a socket, a stream socket,
-//! listening, a family we serve), marked close-on-exec by listenfd, and set
-//! non-blocking here, because listenfd leaves that to us and tokio needs it.
+//! listening, a family we serve), marked close-on-exec (a child must not
+//! inherit it), and set non-blocking, because tokio needs it. The
+//! environment is only read, never written: this runs where runtime threads
+//! may exist already (`Service::serve` inside `#[tokio::main]`), and
+//! changing the environment then is undefined behaviour on glibc (a
+//! `getenv` in another thread may read freed memory). That is why the kit
+//! takes the fds itself rather than through `listenfd`, whose `from_env`
+//! removes `LISTEN_PID` and `LISTEN_FDS`.
 //!
 //! O_NONBLOCK is shared by every process holding the socket: when several
 //! instances share one socket, the unit must say `NonBlocking=yes`, or
@@ -12,12 +18,14 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use listenfd::ListenFd;
+use rustix::fs::FileType;
+use rustix::io::FdFlags;
+use rustix::net::{AddressFamily, SocketType, sockopt};
 
 use crate::activation::{self, ActivationEnv, ActivationError, PassedFd};
 
@@ -77,19 +85,16 @@ impl StdListener {
 impl Listener {
     /// A listening socket another process passed, checked as systemd's are.
     pub(crate) fn from_passed(fd: OwnedFd) -> io::Result<Listener> {
-        let family = inspect(fd.as_raw_fd())
+        let family = inspect_open(fd.as_fd())
             .map_err(|problem| io::Error::other(format!("passed listener: {problem:?}")))?;
-        let socket = match family {
-            libc::AF_INET | libc::AF_INET6 => {
-                let l = std::net::TcpListener::from(fd);
-                l.set_nonblocking(true)?;
-                StdListener::Tcp(l)
-            }
-            _ => {
-                let l = UnixListener::from(fd);
-                l.set_nonblocking(true)?;
-                StdListener::Unix(l)
-            }
+        let socket = if family == AddressFamily::UNIX {
+            let l = UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            StdListener::Unix(l)
+        } else {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true)?;
+            StdListener::Tcp(l)
         };
         Ok(Listener { socket })
     }
@@ -180,33 +185,56 @@ pub(crate) fn take_from_env(
             Fallback::Refuse => Err(ListenerError::NoSocket),
         };
     };
-    // listenfd honours LISTEN_FDS_FIRST_FD, which systemd never sets; with
-    // it set, listenfd's indexes would not be ours.
+    // The listenfd crate honours LISTEN_FDS_FIRST_FD, so a launcher may set
+    // it; systemd never does, and passed fds here always start at 3: any
+    // other value is an error, not the wrong fds.
     if let Some(first) = std::env::var_os("LISTEN_FDS_FIRST_FD")
         && first != "3"
     {
         return Err(ListenerError::FirstFd(first.to_string_lossy().into_owned()));
     }
-    let mut listenfd = ListenFd::from_env();
     let assignment = activation::assign(fds)?;
     for unused in &assignment.unused {
         // Closed only if it is a socket, as systemd passes: a malformed
         // LISTEN_FDS can name fds that were never passed, and one of those
         // may be the runtime's own by now (a service that owns its runtime).
-        if let Ok(Some(fd)) = listenfd.take_raw_fd(index(unused))
-            && is_socket(fd)
-        {
-            // SAFETY: a socket systemd passed to this process; by the TAKEN
-            // guard above nothing else here took it.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        if is_socket(unused.fd) {
+            drop(own(unused.fd));
         }
     }
     let listeners = assignment
         .app
         .into_iter()
-        .map(|passed| take(&mut listenfd, passed))
+        .map(take)
         .collect::<Result<_, _>>()?;
     Ok((listeners, assignment.unused))
+}
+
+/// Takes ownership of a passed fd, checked to be one of the sockets
+/// systemd passed (open, a socket), and marks it close-on-exec.
+fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` is a socket passed to this process, checked open by the
+    // caller, and taken once: `take_from_env` runs once per process (its
+    // TAKEN guard) and owns each passed fd at most once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // systemd passes its fds close-on-exec already; a hand-run launcher may
+    // not. Failing leaves the flag as it was, which only a child would see.
+    let _ = rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC);
+    owned
+}
+
+/// A passed fd number, borrowed for the checks, if an fd of that number is
+/// open at all.
+fn borrow_open(fd: RawFd) -> Option<BorrowedFd<'static>> {
+    // SAFETY: fcntl(F_GETFD) reads only the fd table; it fails with EBADF
+    // when `fd` is not open. An open passed fd stays open while borrowed:
+    // nothing here closes a passed fd before it is owned (`own`).
+    unsafe {
+        if libc::fcntl(fd, libc::F_GETFD) == -1 {
+            return None;
+        }
+        Some(BorrowedFd::borrow_raw(fd))
+    }
 }
 
 /// The queue of a socket we bind ourselves: as deep as app.socket's
@@ -224,42 +252,29 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<Listener, ListenerError> {
             // hundred connections overflows (SYNs dropped, clients retrying
             // after a second). listen() on a listening socket only resizes
             // its queue.
-            // SAFETY: a valid socket we own; listen has no memory effects.
-            match unsafe { libc::listen(l.as_raw_fd(), BIND_BACKLOG) } {
-                0 => Ok(l),
-                _ => Err(io::Error::last_os_error()),
-            }
+            rustix::net::listen(&l, BIND_BACKLOG)
+                .map(|()| l)
+                .map_err(io::Error::from)
         })
         .map_err(|source| ListenerError::Bind { addr, source })?;
     Ok(Listener::from(socket))
 }
 
-fn index(passed: &PassedFd) -> usize {
-    (passed.fd - activation::FIRST_FD) as usize
-}
-
-fn take(listenfd: &mut ListenFd, passed: PassedFd) -> Result<Listener, ListenerError> {
+fn take(passed: PassedFd) -> Result<Listener, ListenerError> {
     let family = inspect(passed.fd).map_err(|problem| problem.into_error(&passed))?;
-    let idx = index(&passed);
-    let taken = match family {
-        libc::AF_INET | libc::AF_INET6 => listenfd
-            .take_tcp_listener(idx)
-            .and_then(|l| l.ok_or_else(already_taken))
-            .and_then(|l| l.set_nonblocking(true).map(|()| StdListener::Tcp(l))),
-        _ => listenfd
-            .take_unix_listener(idx)
-            .and_then(|l| l.ok_or_else(already_taken))
-            .and_then(|l| l.set_nonblocking(true).map(|()| StdListener::Unix(l))),
+    let owned = own(passed.fd);
+    let taken = if family == AddressFamily::UNIX {
+        let l = UnixListener::from(owned);
+        l.set_nonblocking(true).map(|()| StdListener::Unix(l))
+    } else {
+        let l = std::net::TcpListener::from(owned);
+        l.set_nonblocking(true).map(|()| StdListener::Tcp(l))
     };
     let socket = taken.map_err(|source| ListenerError::Take {
         fd: passed.describe(),
         source,
     })?;
     Ok(Listener { socket })
-}
-
-fn already_taken() -> io::Error {
-    io::Error::other("the fd was already taken")
 }
 
 /// Why an fd cannot serve, before it is given a name for the error message.
@@ -285,69 +300,50 @@ impl FdProblem {
     }
 }
 
-/// Checks that `fd` is an open, listening stream socket of a family we serve,
-/// and returns that family.
 /// Whether `fd` is an open socket.
 fn is_socket(fd: RawFd) -> bool {
-    // SAFETY: fstat only writes into the buffer we pass; an fd that is not
-    // open makes it fail with EBADF.
-    unsafe {
-        let mut stat: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
-    }
+    borrow_open(fd).is_some_and(|fd| {
+        rustix::fs::fstat(fd)
+            .is_ok_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Socket)
+    })
 }
 
-fn inspect(fd: RawFd) -> Result<i32, FdProblem> {
-    // SAFETY: fstat and getsockopt only write into the buffers we pass; an fd
-    // that is not open makes them fail with EBADF, which we report.
-    unsafe {
-        let mut stat: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut stat) != 0 {
-            return Err(FdProblem::NotOpen);
-        }
-        match stat.st_mode & libc::S_IFMT {
-            libc::S_IFSOCK => {}
-            libc::S_IFREG => return Err(FdProblem::NotSocket("a regular file")),
-            libc::S_IFDIR => return Err(FdProblem::NotSocket("a directory")),
-            libc::S_IFCHR => return Err(FdProblem::NotSocket("a character device")),
-            libc::S_IFIFO => return Err(FdProblem::NotSocket("a pipe")),
-            _ => return Err(FdProblem::NotSocket("not a socket")),
-        }
-        let kind = sockopt(fd, libc::SO_TYPE).ok_or(FdProblem::NotOpen)?;
-        if kind != libc::SOCK_STREAM {
-            return Err(FdProblem::NotStream(match kind {
-                libc::SOCK_DGRAM => "datagram",
-                libc::SOCK_SEQPACKET => "seqpacket",
-                libc::SOCK_RAW => "raw",
-                _ => "non-stream",
-            }));
-        }
-        if sockopt(fd, libc::SO_ACCEPTCONN) != Some(1) {
-            return Err(FdProblem::NotListening);
-        }
-        match sockopt(fd, libc::SO_DOMAIN) {
-            Some(family @ (libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX)) => Ok(family),
-            Some(family) => Err(FdProblem::Family(family)),
-            None => Err(FdProblem::NotOpen),
-        }
-    }
+/// Checks that `fd` is an open, listening stream socket of a family we serve,
+/// and returns that family.
+fn inspect(fd: RawFd) -> Result<AddressFamily, FdProblem> {
+    let fd = borrow_open(fd).ok_or(FdProblem::NotOpen)?;
+    inspect_open(fd)
 }
 
-/// An integer `SOL_SOCKET` option, or `None` when it cannot be read.
-unsafe fn sockopt(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(value)
+fn inspect_open(fd: BorrowedFd<'_>) -> Result<AddressFamily, FdProblem> {
+    let stat = rustix::fs::fstat(fd).map_err(|_| FdProblem::NotOpen)?;
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Socket => {}
+        FileType::RegularFile => return Err(FdProblem::NotSocket("a regular file")),
+        FileType::Directory => return Err(FdProblem::NotSocket("a directory")),
+        FileType::CharacterDevice => return Err(FdProblem::NotSocket("a character device")),
+        FileType::Fifo => return Err(FdProblem::NotSocket("a pipe")),
+        _ => return Err(FdProblem::NotSocket("not a socket")),
+    }
+    let kind = sockopt::socket_type(fd).map_err(|_| FdProblem::NotOpen)?;
+    if kind != SocketType::STREAM {
+        return Err(FdProblem::NotStream(match kind {
+            SocketType::DGRAM => "datagram",
+            SocketType::SEQPACKET => "seqpacket",
+            SocketType::RAW => "raw",
+            _ => "non-stream",
+        }));
+    }
+    if !sockopt::socket_acceptconn(fd).unwrap_or(false) {
+        return Err(FdProblem::NotListening);
+    }
+    match sockopt::socket_domain(fd) {
+        Ok(family @ (AddressFamily::INET | AddressFamily::INET6 | AddressFamily::UNIX)) => {
+            Ok(family)
+        }
+        Ok(family) => Err(FdProblem::Family(i32::from(family.as_raw()))),
+        Err(_) => Err(FdProblem::NotOpen),
+    }
 }
 
 #[cfg(test)]
@@ -377,14 +373,14 @@ mod tests {
     #[test]
     fn a_listening_tcp_socket_passes() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert_eq!(inspect(l.as_raw_fd()), Ok(libc::AF_INET));
+        assert_eq!(inspect(l.as_raw_fd()), Ok(AddressFamily::INET));
     }
 
     #[test]
     fn a_listening_unix_socket_passes() {
         let dir = tempfile::tempdir().unwrap();
         let l = UnixListener::bind(dir.path().join("s")).unwrap();
-        assert_eq!(inspect(l.as_raw_fd()), Ok(libc::AF_UNIX));
+        assert_eq!(inspect(l.as_raw_fd()), Ok(AddressFamily::UNIX));
     }
 
     #[test]
