@@ -13,7 +13,7 @@ use std::os::unix::io::RawFd;
 pub const FIRST_FD: RawFd = 3;
 
 /// The name of the fd that serves the app (`FileDescriptorName=http`).
-pub const APP_FD_NAME: &str = "http";
+pub(crate) const APP_FD_NAME: &str = "http";
 
 /// More sockets than this is certainly a broken environment, not a unit file.
 const MAX_FDS: u32 = 1024;
@@ -55,6 +55,7 @@ pub struct Assignment {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ActivationError {
     #[error("LISTEN_FDS={0:?} is not a number of sockets")]
     BadFdCount(String),

@@ -13,14 +13,14 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// Descriptors besides connections: listeners, epoll, the runtime's
 /// eventfds, the journal, stdio, a settings file being read.
-pub const RESERVE: u64 = 64;
+pub(crate) const RESERVE: u64 = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "max_connections = {max_connections} needs {needed} file descriptors, but this process \
      may open only {limit}; lower max_connections or raise LimitNOFILE= (ulimit -n)"
 )]
-pub struct FdLimitError {
+pub(crate) struct FdLimitError {
     pub max_connections: usize,
     pub needed: u64,
     pub limit: u64,
@@ -46,7 +46,7 @@ pub fn raise_soft_limit() -> io::Result<u64> {
 }
 
 /// Whether `max_connections` connections fit under `limit` descriptors.
-pub fn check(max_connections: usize, limit: u64) -> Result<(), FdLimitError> {
+pub(crate) fn check(max_connections: usize, limit: u64) -> Result<(), FdLimitError> {
     let needed = (max_connections as u64).saturating_add(RESERVE);
     if needed > limit {
         return Err(FdLimitError {

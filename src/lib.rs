@@ -17,11 +17,15 @@
 //! - the process from start to exit code: `lifecycle`;
 //! - the operator verbs: `rollout` (restart instances one at a time),
 //!   `rotation` (take a host out of its balancer's rotation), `render`
-//!   (units, package scripts, settings file and man pages for a name).
+//!   (units, package scripts, settings file and man pages for a name);
+//! - the in-place reload, one process handing its sockets and idle
+//!   connections to its successor: `replace` (the crate's namesake).
 //!
 //! The reference service, `app` (`src/bin/app/`), is built on this public
 //! API only, as any other service is.
 #![warn(missing_docs)]
+// What is `pub` is reachable from the root; the rest says `pub(crate)`.
+#![warn(unreachable_pub)]
 
 mod activation;
 mod cli;

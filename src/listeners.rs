@@ -31,7 +31,7 @@ use crate::activation::{self, ActivationEnv, ActivationError, PassedFd};
 
 /// What to do when systemd passes no socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
+pub(crate) enum Fallback {
     /// Bind this address ourselves (running by hand, `cargo run`).
     Bind(SocketAddr),
     /// Fail: under a unit with `PrivateNetwork=yes`, an address of our own
@@ -41,7 +41,7 @@ pub enum Fallback {
 
 /// A listening socket, not yet registered with a tokio runtime.
 #[derive(Debug)]
-pub enum StdListener {
+pub(crate) enum StdListener {
     /// A TCP socket (IPv4 or IPv6).
     Tcp(std::net::TcpListener),
     /// A Unix stream socket.
@@ -102,7 +102,7 @@ impl Listener {
 
 /// Why the listening sockets cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
+pub(crate) enum ListenerError {
     #[error(transparent)]
     Environment(#[from] ActivationError),
     #[error("{fd} is not open")]

@@ -9,17 +9,17 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// Changes the log filter of the running process.
-pub struct LogHandle {
+pub(crate) struct LogHandle {
     filter: reload::Handle<EnvFilter, Registry>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set the log filter")]
-pub struct LogError(#[source] Box<dyn std::error::Error + Send + Sync>);
+pub(crate) struct LogError(#[source] Box<dyn std::error::Error + Send + Sync>);
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Destination {
+pub(crate) enum Destination {
     Journal,
     Stderr,
 }
@@ -30,7 +30,7 @@ impl Destination {
     /// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for that stream; comparing it
     /// with stderr (as sd_journal_stream_fd(3) advises) keeps a shell redirect
     /// of a socket-activated process from sending its logs somewhere unexpected.
-    pub fn detect(journal_stream: Option<&str>) -> Self {
+    pub(crate) fn detect(journal_stream: Option<&str>) -> Self {
         let Some((dev, ino)) = journal_stream.and_then(|value| value.split_once(':')) else {
             return Destination::Stderr;
         };
@@ -46,7 +46,7 @@ impl Destination {
 /// Installs the global subscriber. `filter` has been validated with the
 /// settings; `identifier` is the journal's `SYSLOG_IDENTIFIER` (the service's
 /// name, so `journalctl -t orders` finds its lines).
-pub fn init(
+pub(crate) fn init(
     filter: &str,
     destination: Destination,
     identifier: &str,
@@ -79,7 +79,7 @@ pub fn init(
 }
 
 impl LogHandle {
-    pub fn set_filter(&self, filter: &str) -> Result<(), LogError> {
+    pub(crate) fn set_filter(&self, filter: &str) -> Result<(), LogError> {
         let filter = EnvFilter::try_new(filter).map_err(|e| LogError(e.into()))?;
         self.filter.reload(filter).map_err(|e| LogError(e.into()))
     }

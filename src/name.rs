@@ -21,6 +21,7 @@ pub(crate) struct ServiceName(&'static str);
     "service name {name:?} {reason}: use lowercase letters, digits and '-', starting with a letter, \
      at most {MAX_LEN} characters (it names units, /etc/NAME and NAME_* variables)"
 )]
+#[non_exhaustive]
 pub struct NameError {
     name: String,
     reason: &'static str,

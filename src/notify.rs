@@ -17,11 +17,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-pub use sd_notify::NotifyState;
+pub(crate) use sd_notify::NotifyState;
 
 /// What the service manager told us at start.
 #[derive(Debug)]
-pub struct ManagerEnv {
+pub(crate) struct ManagerEnv {
     pub notify_socket: Option<OsString>,
     /// Half of this is how often to send `WATCHDOG=1`.
     pub watchdog: Option<Duration>,
@@ -29,7 +29,7 @@ pub struct ManagerEnv {
 
 impl ManagerEnv {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
-    pub fn read() -> Self {
+    pub(crate) fn read() -> Self {
         let var = |name| std::env::var(name).ok();
         Self {
             notify_socket: std::env::var_os("NOTIFY_SOCKET"),
@@ -60,7 +60,7 @@ pub(crate) fn watchdog_interval(
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
+pub(crate) enum NotifyError {
     #[error("NOTIFY_SOCKET={path:?} is not a usable socket address")]
     Address {
         path: OsString,
@@ -73,13 +73,13 @@ pub enum NotifyError {
 
 /// Sends state changes to the service manager; a no-op when there is none.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
 }
 
 impl Notifier {
     /// A notifier that sends nothing: outside systemd, and in tests.
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self { target: None }
     }
 
@@ -88,7 +88,7 @@ impl Notifier {
     /// The address is resolved once but each datagram is sent with `send_to`,
     /// not over a connected socket, so a `systemctl daemon-reexec` (which
     /// recreates the notify socket) does not cut us off.
-    pub fn new(notify_socket: Option<&OsString>) -> Result<Self, NotifyError> {
+    pub(crate) fn new(notify_socket: Option<&OsString>) -> Result<Self, NotifyError> {
         let Some(path) = notify_socket else {
             return Ok(Self::disabled());
         };
@@ -109,7 +109,7 @@ impl Notifier {
 
     /// Sends `states` in one datagram. A failure is logged, not returned: the
     /// service keeps serving even if the manager cannot hear it.
-    pub fn notify(&self, states: &[NotifyState<'_>]) {
+    pub(crate) fn notify(&self, states: &[NotifyState<'_>]) {
         let Some((socket, addr)) = &self.target else {
             return;
         };
@@ -121,7 +121,7 @@ impl Notifier {
 }
 
 /// One `KEY=VALUE` line per state, as sd_notify(3) expects.
-pub fn render(states: &[NotifyState<'_>]) -> String {
+pub(crate) fn render(states: &[NotifyState<'_>]) -> String {
     states.iter().map(|state| format!("{state}\n")).collect()
 }
 

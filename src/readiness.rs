@@ -36,17 +36,17 @@ pub(crate) type Answer = (StatusCode, &'static str);
 
 impl ReadinessCheck {
     /// `None` for an empty path: the service answers every path.
-    pub fn new(path: &'static str, readiness: ReadinessOf) -> Option<Self> {
+    pub(crate) fn new(path: &'static str, readiness: ReadinessOf) -> Option<Self> {
         (!path.is_empty()).then_some(Self { path, readiness })
     }
 
     /// Whether `request` is the check.
-    pub fn asks<B>(&self, request: &Request<B>) -> bool {
+    pub(crate) fn asks<B>(&self, request: &Request<B>) -> bool {
         request.uri().path() == self.path && matches!(*request.method(), Method::GET | Method::HEAD)
     }
 
     /// The kit's answer now, or `None` to let the service answer.
-    pub fn answer(&self) -> Option<Answer> {
+    pub(crate) fn answer(&self) -> Option<Answer> {
         answer((self.readiness)())
     }
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use clap::Args;
 
 #[derive(Debug, Clone, Args)]
-pub struct RolloutArgs {
+pub(crate) struct RolloutArgs {
     /// Restart each instance instead of reloading it in place: for what a
     /// reload cannot change (the socket unit, the unit file's own settings)
     #[arg(long, conflicts_with = "config_only")]
@@ -40,7 +40,7 @@ pub struct RolloutArgs {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
+pub(crate) enum RolloutError {
     #[error("cannot run {command}")]
     Spawn {
         command: String,
@@ -65,7 +65,7 @@ pub enum RolloutError {
 
 /// Runs the rollout of `default_template`'s instances (or `--template`'s),
 /// printing each step to `out`. Returns how many instances it rolled.
-pub fn run(
+pub(crate) fn run(
     args: &RolloutArgs,
     default_template: &str,
     out: &mut impl Write,
@@ -225,7 +225,7 @@ fn running_instances(systemctl: &Systemctl, template: &str) -> Result<Vec<String
 }
 
 /// The unit names in `systemctl list-units --plain --no-legend` output.
-pub fn parse_instances(listing: &str, template: &str) -> Vec<String> {
+pub(crate) fn parse_instances(listing: &str, template: &str) -> Vec<String> {
     let prefix = format!("{template}@");
     let mut units: Vec<String> = listing
         .lines()
@@ -247,7 +247,7 @@ pub fn parse_instances(listing: &str, template: &str) -> Vec<String> {
 
 /// A unit's state after a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnitState {
+pub(crate) struct UnitState {
     pub active: String,
     pub sub: String,
     pub result: String,

@@ -24,12 +24,12 @@ use clap::{Args, Subcommand};
 use crate::settings::parse_duration;
 
 /// Exit status of `NAME rotation status` for a host out of rotation.
-pub const EXIT_OUT: u8 = 3;
+pub(crate) const EXIT_OUT: u8 = 3;
 
 /// An instance's view of the flag. Each check is one `stat`, made when a
 /// health check asks (`/readyz`), so a change shows at the next check.
 #[derive(Debug)]
-pub struct Rotation {
+pub(crate) struct Rotation {
     flag: PathBuf,
     /// What the last check found ([`Seen`]), so each change is logged once
     /// rather than at every health check.
@@ -46,7 +46,7 @@ enum Seen {
 }
 
 impl Rotation {
-    pub fn new(flag: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(flag: impl Into<PathBuf>) -> Self {
         Self {
             flag: flag.into(),
             seen: AtomicU8::new(Seen::In as u8),
@@ -57,7 +57,7 @@ impl Rotation {
     /// cannot be checked, the answer is "out": the operator may well have
     /// asked for it, and a host wrongly out costs capacity, while a host
     /// wrongly in gets requests as it stops.
-    pub fn is_out(&self) -> bool {
+    pub(crate) fn is_out(&self) -> bool {
         let checked = self.flag.try_exists();
         let seen = match checked {
             Ok(false) => Seen::In,
@@ -84,7 +84,7 @@ impl Rotation {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RotationError {
+pub(crate) enum RotationError {
     #[error("cannot create {path}")]
     Create {
         path: PathBuf,
@@ -116,7 +116,7 @@ pub enum RotationError {
 
 /// Takes the host out: writes the flag (and its directory), readable by
 /// every user. Returns whether the host was in rotation before.
-pub fn take_out(flag: &Path) -> Result<bool, RotationError> {
+pub(crate) fn take_out(flag: &Path) -> Result<bool, RotationError> {
     let was_in = !exists(flag)?;
     let create = |source| RotationError::Create {
         path: flag.to_owned(),
@@ -146,7 +146,7 @@ pub fn take_out(flag: &Path) -> Result<bool, RotationError> {
 }
 
 /// Puts the host back: removes the flag. Returns whether it was out.
-pub fn put_back(flag: &Path) -> Result<bool, RotationError> {
+pub(crate) fn put_back(flag: &Path) -> Result<bool, RotationError> {
     match std::fs::remove_file(flag) {
         Ok(()) => Ok(true),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -187,13 +187,13 @@ fn check_searchable(dir: &Path, flag: &Path) -> Result<(), RotationError> {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct RotationArgs {
+pub(crate) struct RotationArgs {
     #[command(subcommand)]
     pub action: Action,
 }
 
 #[derive(Debug, Clone, Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// Take this host out: every instance answers /readyz with 503 and
     /// keeps serving, so the load balancer's health checks move new requests
     /// to other hosts before anything here stops
@@ -210,7 +210,7 @@ pub enum Action {
 }
 
 /// Runs `NAME rotation ACTION` on `flag`, printing what it did to `out`.
-pub fn run(
+pub(crate) fn run(
     args: &RotationArgs,
     flag: &Path,
     out: &mut impl Write,

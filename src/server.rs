@@ -191,6 +191,7 @@ pub struct Server {
 
 /// Progress of a drain, reported about once a second.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct DrainProgress {
     /// Connections not yet closed.
     pub connections: usize,
@@ -200,6 +201,7 @@ pub struct DrainProgress {
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DrainReport {
     /// Connections open when the drain started.
     pub connections_at_start: usize,

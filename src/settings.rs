@@ -227,6 +227,7 @@ impl Default for Limits {
 
 /// The kit's settings in force.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Settings {
     /// The settings file, if one was given.
     pub config: Option<PathBuf>,
@@ -272,6 +273,7 @@ impl ServiceSettings for NoSettings {}
 /// (as the file spells it) or the section.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // the fields are what the messages say
+#[non_exhaustive]
 pub enum SettingsError {
     /// The settings file cannot be read.
     #[error("cannot read settings file {path}")]
@@ -446,7 +448,7 @@ pub(crate) struct Loaded<T> {
 
 impl<T: ServiceSettings> Loaded<T> {
     /// Reads the settings file named by `args` (if any) and resolves everything.
-    pub fn load(args: &ServeArgs, section: &str) -> Result<Self, SettingsError> {
+    pub(crate) fn load(args: &ServeArgs, section: &str) -> Result<Self, SettingsError> {
         let file = match &args.config {
             Some(path) => SettingsFile::<T>::read(path, section)?,
             None => SettingsFile::default(),

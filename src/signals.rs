@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 /// What a signal asks of the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Intent {
+pub(crate) enum Intent {
     /// Stop accepting, finish what is in flight, exit. Names the signal.
     Drain(&'static str),
     /// Re-read the settings file.
@@ -55,7 +55,7 @@ impl Intent {
 }
 
 /// The stream of intents.
-pub struct Intents {
+pub(crate) struct Intents {
     rx: mpsc::UnboundedReceiver<Intent>,
 }
 
@@ -65,7 +65,7 @@ impl Intents {
     /// Call it once the environment has been read: it starts a thread. Signals
     /// that arrive before the runtime is up are queued, not lost, and from this
     /// point SIGTERM no longer kills the process outright.
-    pub fn register() -> io::Result<Self> {
+    pub(crate) fn register() -> io::Result<Self> {
         let mut signals = SignalsInfo::<WithOrigin>::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
@@ -84,7 +84,7 @@ impl Intents {
     }
 
     /// The next intent; `None` once no more can come.
-    pub async fn recv(&mut self) -> Option<Intent> {
+    pub(crate) async fn recv(&mut self) -> Option<Intent> {
         self.rx.recv().await
     }
 }

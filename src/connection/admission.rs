@@ -29,7 +29,7 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             taken: AtomicUsize::new(0),
             max,
@@ -39,12 +39,12 @@ impl Slots {
     }
 
     /// Since when the server has been at its limit, as it changes.
-    pub fn pressure(&self) -> watch::Receiver<Option<Instant>> {
+    pub(crate) fn pressure(&self) -> watch::Receiver<Option<Instant>> {
         self.pressure.subscribe()
     }
 
     /// Connections holding a slot.
-    pub fn taken(&self) -> usize {
+    pub(crate) fn taken(&self) -> usize {
         self.taken.load(Ordering::Relaxed)
     }
 
@@ -53,7 +53,7 @@ impl Slots {
     /// slots are free again: lowered as soon as one slot frees, it would be
     /// raised anew by the next accept, restarting every idle connection's
     /// grace, and only one connection would ever leave per grace.
-    pub async fn acquire(self: &Arc<Self>) -> Slot {
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Slot {
         let low_water = self.max - self.max.div_ceil(10);
         loop {
             let room = self.room.notified();
@@ -100,7 +100,7 @@ impl Slots {
     /// A slot now, even over the limit: for a connection another process
     /// handed over, whose client is mid-conversation. The accept loops then
     /// wait until the count is below the limit again.
-    pub fn force(self: &Arc<Self>) -> Slot {
+    pub(crate) fn force(self: &Arc<Self>) -> Slot {
         self.taken.fetch_add(1, Ordering::AcqRel);
         Slot(self.clone())
     }

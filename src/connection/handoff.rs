@@ -18,7 +18,7 @@ pub(crate) struct Handoff {
 }
 
 impl Handoff {
-    pub fn new(channel: Arc<Channel>) -> Self {
+    pub(crate) fn new(channel: Arc<Channel>) -> Self {
         Self {
             channel,
             moved: AtomicUsize::new(0),
@@ -29,7 +29,7 @@ impl Handoff {
     /// Sends the connection `fd` to the new process. hyper holds none of
     /// its bytes by then ([`super::tracking::Movable::Now`]), so nothing
     /// read comes with it.
-    pub async fn send(&self, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
+    pub(crate) async fn send(&self, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
         self.channel
             .send(&Message::Connection { read: Vec::new() }, &[fd])
             .await?;
@@ -40,12 +40,12 @@ impl Handoff {
     /// A connection that ended in this process during the handover:
     /// closed by its client, an HTTP/2 or WebSocket one drained, or one
     /// that could not move.
-    pub fn stayed(&self) {
+    pub(crate) fn stayed(&self) {
         self.stayed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections moved, and connections that ended here.
-    pub fn counts(&self) -> (usize, usize) {
+    pub(crate) fn counts(&self) -> (usize, usize) {
         (
             self.moved.load(Ordering::Relaxed),
             self.stayed.load(Ordering::Relaxed),

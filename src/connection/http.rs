@@ -36,7 +36,7 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    pub fn new(limits: &Limits) -> Self {
+    pub(crate) fn new(limits: &Limits) -> Self {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             // Our own header and idle timeouts replace hyper's, which would
@@ -98,7 +98,7 @@ where
     S: HttpService<Incoming>,
 {
     /// A connection just accepted: its protocol is not known yet.
-    pub fn sniffing(io: Io<I>, service: S, http: Arc<Http>, shared: Arc<Shared>) -> Self {
+    pub(super) fn sniffing(io: Io<I>, service: S, http: Arc<Http>, shared: Arc<Shared>) -> Self {
         Conn::Sniffing {
             io: Some(io),
             service: Some(service),

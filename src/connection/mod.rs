@@ -96,7 +96,7 @@ pub(crate) struct ConnectionContext {
 pub(crate) struct Open(Arc<AtomicUsize>);
 
 impl Open {
-    pub fn new(open: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(open: &Arc<AtomicUsize>) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
         Self(open.clone())
     }

@@ -111,7 +111,7 @@ pub(crate) struct Policy {
 impl Policy {
     /// `close_slot` in `[0, 1)`: this connection's place in the close window
     /// (and in the spread of its maximum age); `opened`: when it was accepted.
-    pub fn new(timeouts: ConnectionTimeouts, close_slot: f64, opened: Instant) -> Self {
+    pub(super) fn new(timeouts: ConnectionTimeouts, close_slot: f64, opened: Instant) -> Self {
         Self {
             protocol: Protocol::Unknown,
             timeouts,
@@ -126,28 +126,28 @@ impl Policy {
         }
     }
 
-    pub fn timeouts(&self) -> &ConnectionTimeouts {
+    pub(super) fn timeouts(&self) -> &ConnectionTimeouts {
         &self.timeouts
     }
 
-    pub fn set_protocol(&mut self, protocol: Protocol) {
+    pub(super) fn set_protocol(&mut self, protocol: Protocol) {
         self.protocol = protocol;
     }
 
-    pub fn set_timeouts(&mut self, timeouts: ConnectionTimeouts) {
+    pub(super) fn set_timeouts(&mut self, timeouts: ConnectionTimeouts) {
         self.timeouts = timeouts;
     }
 
-    pub fn drain_started(&mut self, at: Instant) {
+    pub(super) fn drain_started(&mut self, at: Instant) {
         self.drain_started.get_or_insert(at);
     }
 
-    pub fn set_pressure(&mut self, since: Option<Instant>) {
+    pub(super) fn set_pressure(&mut self, since: Option<Instant>) {
         self.pressure_since = since;
     }
 
     /// Records that the loop carried out `action` at `now`.
-    pub fn taken(&mut self, action: Action, now: Instant) {
+    pub(super) fn taken(&mut self, action: Action, now: Instant) {
         match action {
             Action::GracefulShutdown(reason) => {
                 self.shutdown_at.get_or_insert(now);
@@ -169,7 +169,7 @@ impl Policy {
     /// drain, pressure), for an HTTP/2 connection asked to end, or with an
     /// idle timeout shorter than the header timeout. Otherwise it only moves
     /// the idle timeout, and further out than the check.
-    pub fn may_hurry(&self) -> bool {
+    pub(super) fn may_hurry(&self) -> bool {
         self.drain_started.is_some()
             || self.pressure_since.is_some()
             || self.shutdown_at.is_some()
@@ -191,7 +191,7 @@ impl Policy {
     /// What to do next and when, if nothing else happens first. `None`:
     /// nothing is scheduled (a request is in flight, or only the deadline
     /// can end it).
-    pub fn due(&self, activity: &Activity) -> Option<(Instant, Action)> {
+    pub(super) fn due(&self, activity: &Activity) -> Option<(Instant, Action)> {
         let t = &self.timeouts;
         match self.protocol {
             Protocol::Upgraded { websocket } => {

@@ -55,13 +55,13 @@ pub(crate) struct StreamCutoff {
 
 impl StreamCutoff {
     /// Ends every HTTP/2 stream still open, now and from now on.
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         self.token.cancel();
     }
 
     /// One connection's own: fired with this one, or alone (the connection
     /// is past its maximum age), counting in the same total.
-    pub fn for_connection(&self) -> Self {
+    pub(crate) fn for_connection(&self) -> Self {
         Self {
             token: self.token.child_token(),
             ended: self.ended.clone(),
@@ -69,7 +69,7 @@ impl StreamCutoff {
     }
 
     /// Streams the cut-off ended.
-    pub fn ended(&self) -> usize {
+    pub(crate) fn ended(&self) -> usize {
         self.ended.load(Ordering::Relaxed)
     }
 }
@@ -84,7 +84,7 @@ pub(super) struct H2Stream {
 }
 
 impl H2Stream {
-    pub fn new(request: &HeaderMap) -> Self {
+    pub(super) fn new(request: &HeaderMap) -> Self {
         let grpc = request
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
@@ -96,14 +96,14 @@ impl H2Stream {
     }
 
     /// Whether the kit ended this stream.
-    pub fn ended(&self) -> bool {
+    pub(super) fn ended(&self) -> bool {
         self.ended
     }
 
     /// Called when the service keeps the stream waiting: whether the
     /// cut-off has come (the stream then counts as ended by the kit), or,
     /// if not, arranges to be woken when it does.
-    pub fn cut_off(&mut self, cutoff: &StreamCutoff, cx: &mut Context<'_>) -> bool {
+    pub(super) fn cut_off(&mut self, cutoff: &StreamCutoff, cx: &mut Context<'_>) -> bool {
         if self.ended {
             return true;
         }
@@ -119,7 +119,7 @@ impl H2Stream {
     }
 
     /// How a response the service has started ends at the cut-off.
-    pub fn last_frame(&self) -> Result<Frame<Bytes>, BoxError> {
+    pub(super) fn last_frame(&self) -> Result<Frame<Bytes>, BoxError> {
         if self.grpc {
             let mut trailers = HeaderMap::new();
             grpc_unavailable(&mut trailers);
@@ -131,7 +131,7 @@ impl H2Stream {
 
     /// The kit's answer to a request the service has not answered by the
     /// cut-off (its future is dropped).
-    pub fn unanswered(&self) -> Response<Option<Bytes>> {
+    pub(super) fn unanswered(&self) -> Response<Option<Bytes>> {
         let mut response = Response::new(None);
         if self.grpc {
             // Trailers-Only: the status in the one HEADERS frame.

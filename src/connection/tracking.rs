@@ -191,7 +191,7 @@ pub(super) enum Movable {
 }
 
 impl State {
-    pub fn new(policy: Policy) -> Self {
+    pub(super) fn new(policy: Policy) -> Self {
         Self {
             policy,
             armed: None,
@@ -247,7 +247,7 @@ impl WsOut {
 }
 
 impl Shared {
-    pub fn new(state: State, drain: drain::Watch, cutoff: StreamCutoff) -> Self {
+    pub(super) fn new(state: State, drain: drain::Watch, cutoff: StreamCutoff) -> Self {
         Self {
             cutoff,
             state: Mutex::new(state),
@@ -265,19 +265,19 @@ impl Shared {
 
     /// The connection is past its maximum age: its next HTTP/1 response
     /// says `Connection: close`.
-    pub fn retire(&self) {
+    pub(super) fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Ends this connection's HTTP/2 streams still open, as the drain's
     /// cut-off would.
-    pub fn end_streams(&self) {
+    pub(super) fn end_streams(&self) {
         self.cutoff.fire();
     }
 
     /// Asks the connection to move to a new process: returns whether it
     /// may, and from now on the end of each response wakes its task.
-    pub fn start_moving(&self) -> bool {
+    pub(super) fn start_moving(&self) -> bool {
         let movable = self.movable() != Movable::Never;
         if movable {
             self.moving.store(true, Ordering::SeqCst);
@@ -290,7 +290,7 @@ impl Shared {
     /// The connection will not move after all (upgraded, pipelining, or
     /// unsure of what hyper holds): it drains here, and its responses say
     /// `Connection: close`.
-    pub fn stop_moving(&self) {
+    pub(super) fn stop_moving(&self) {
         self.stays.store(true, Ordering::SeqCst);
         self.moving.store(false, Ordering::SeqCst);
     }
@@ -302,7 +302,7 @@ impl Shared {
     /// byte of a next head read, nothing read during the last request, and
     /// the last response flushed. hyper then holds nothing of the
     /// connection: its read buffer is empty and its write buffer written.
-    pub fn movable(&self) -> Movable {
+    pub(super) fn movable(&self) -> Movable {
         let hot = &self.hot;
         if hot.pipelined.load(Ordering::SeqCst)
             || !hot.http1.load(Ordering::SeqCst)
@@ -327,18 +327,18 @@ impl Shared {
     }
 
     /// What the policy needs to know of the connection's activity, now.
-    pub fn activity(&self) -> Activity {
+    pub(super) fn activity(&self) -> Activity {
         self.hot.activity()
     }
 
     /// Whether the client has sent anything at all.
-    pub fn heard(&self) -> bool {
+    pub(super) fn heard(&self) -> bool {
         self.hot.heard.load(Ordering::Relaxed)
     }
 
     /// Keeps the hot path's copy of `Policy::may_hurry`: the task calls it
     /// with the lock held, each time it arms its timer.
-    pub fn set_hurry(&self, hurry: bool) {
+    pub(super) fn set_hurry(&self, hurry: bool) {
         self.hot.hurry.store(hurry, Ordering::SeqCst);
     }
 
@@ -348,7 +348,7 @@ impl Shared {
         self.stays.load(Ordering::SeqCst) || self.hot.pipelined.load(Ordering::SeqCst)
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // The lock guards plain data and no code panics while holding it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -359,7 +359,7 @@ impl Shared {
 
     /// The connection now belongs to the service that took the upgrade.
     /// Returns whether it is a WebSocket.
-    pub fn upgraded(&self) -> bool {
+    pub(super) fn upgraded(&self) -> bool {
         let websocket = {
             let mut state = self.lock();
             let websocket = state.websocket_accepted;
@@ -376,7 +376,7 @@ impl Shared {
     /// non-blocking `send` on the socket, under the lock its own writes
     /// take), else at its next frame boundary. Returns whether the Close is
     /// fully out, or not owed (the service closed first); if not, call again.
-    pub fn send_close(&self, fd: RawFd, code: u16) -> bool {
+    pub(super) fn send_close(&self, fd: RawFd, code: u16) -> bool {
         let mut ws = self.ws();
         ws.close.get_or_insert(websocket::close_frame(code));
         ws.start_close_at_boundary();
@@ -409,7 +409,7 @@ impl Shared {
 
     /// A request started: it and a head starting never bring the next
     /// action before the loop's timer, so they skip the check `update` makes.
-    pub fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
+    pub(super) fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
         let hot = &self.hot;
         if version != Version::HTTP_2 {
             // Every HTTP/1 head that arrives in its turn, after the previous
@@ -425,7 +425,7 @@ impl Shared {
 
     /// The connection's first bytes said which protocol it speaks: only
     /// HTTP/1 keeps a head's start.
-    pub fn protocol_found(&self, protocol: Protocol) {
+    pub(super) fn protocol_found(&self, protocol: Protocol) {
         self.lock().policy.set_protocol(protocol);
         self.hot
             .http1
@@ -437,7 +437,7 @@ impl Shared {
 
     /// Bytes came from the client: the connection is heard, and an HTTP/1
     /// head starts (or, during a request, its body or the next head comes).
-    pub fn bytes_arrived(&self) {
+    pub(super) fn bytes_arrived(&self) {
         let hot = &self.hot;
         if !hot.heard.load(Ordering::Relaxed) {
             hot.heard.store(true, Ordering::Relaxed);
@@ -488,7 +488,7 @@ pub(super) struct Tracked<I> {
 }
 
 impl<I> Tracked<I> {
-    pub fn new(inner: I, shared: Arc<Shared>, home: oneshot::Sender<I>) -> Self {
+    pub(super) fn new(inner: I, shared: Arc<Shared>, home: oneshot::Sender<I>) -> Self {
         Self {
             inner: Some(inner),
             shared,
@@ -499,7 +499,7 @@ impl<I> Tracked<I> {
 
     /// Makes `bytes`, already read (and noted), the next ones read, ahead
     /// of any given back before.
-    pub fn give_back(&mut self, bytes: &[u8]) {
+    pub(super) fn give_back(&mut self, bytes: &[u8]) {
         if self.again.is_empty() {
             self.again = Bytes::copy_from_slice(bytes);
         } else {

@@ -22,17 +22,17 @@ pub(crate) struct OutgoingFrames {
 
 impl OutgoingFrames {
     /// Between two frames: a Close may go here.
-    pub fn at_boundary(&self) -> bool {
+    pub(super) fn at_boundary(&self) -> bool {
         self.have == 0 && self.payload_left == 0
     }
 
     /// Whether the service has sent a Close frame of its own.
-    pub fn service_closed(&self) -> bool {
+    pub(super) fn service_closed(&self) -> bool {
         self.closed
     }
 
     /// Follows `bytes`, written by the service.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub(super) fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let skip = usize::try_from(self.payload_left)

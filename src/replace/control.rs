@@ -23,14 +23,14 @@ const REPLY_MARGIN: Duration = Duration::from_secs(3);
 
 /// `NAME replace PID`.
 #[derive(Debug, clap::Args)]
-pub struct ReplaceArgs {
+pub(crate) struct ReplaceArgs {
     /// The running process to replace: `$MAINPID` in `ExecReload=`.
     #[arg(value_name = "PID")]
     pub pid: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReplaceFailed {
+pub(crate) enum ReplaceFailed {
     #[error("PID {pid} cannot be signalled")]
     NoProcess {
         pid: i32,
