@@ -25,7 +25,7 @@ use crate::notify::{Notifier, NotifyState};
 use crate::replace::{self, Predecessor, ReplaceError, Successor};
 use crate::rotation::Rotation;
 use crate::server::{DrainReport, HttpService, Server};
-use crate::settings::{ConnectionTimeouts, Loaded, ServeArgs, ServiceSettings, Settings};
+use crate::settings::{Loaded, ServeArgs, ServiceSettings, Settings};
 use crate::signals::{Intent, Intents};
 
 /// Margin given to systemd beyond our own drain deadline, for the exit itself.
@@ -105,7 +105,6 @@ where
     let notifier = Arc::new(notifier);
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings.clone()));
     let (service_tx, service_rx) = watch::channel(Arc::new(service_settings));
-    let (timeouts_tx, timeouts_rx) = watch::channel(settings.timeouts);
     let (trigger, drain) = drain::channel();
     let ctx = Context::new(name, drain, settings_rx, service_rx, Arc::new(rotation));
     let readiness = crate::readiness::ReadinessCheck::new(readiness_path, {
@@ -124,14 +123,12 @@ where
             (listeners, watchdog, Some(predecessor))
         }
     };
-    let server = Server::start_checked(
-        listeners,
-        service,
-        trigger,
-        timeouts_rx,
-        settings.limits,
-        readiness,
-    )?;
+    let server = Server::builder(listeners, service)
+        .drain(trigger)
+        .timeouts(settings.timeouts)
+        .limits(settings.limits)
+        .readiness(readiness)
+        .start()?;
     // A Unix socket's path may hold a newline; STATUS= must be one line.
     let status = crate::notify::one_line(&format!(
         "serving http on {}",
@@ -163,7 +160,7 @@ where
         log,
         settings_tx,
         service_tx,
-        timeouts_tx,
+        timeouts: server.timeouts(),
         status,
         watchdog,
     };
@@ -227,7 +224,7 @@ struct Lifecycle<T> {
     log: Option<LogHandle>,
     settings_tx: watch::Sender<Arc<Settings>>,
     service_tx: watch::Sender<Arc<T>>,
-    timeouts_tx: watch::Sender<ConnectionTimeouts>,
+    timeouts: crate::server::TimeoutsHandle,
     status: String,
     watchdog: Option<Duration>,
 }
@@ -252,7 +249,7 @@ impl<T: ServiceSettings> Lifecycle<T> {
                         "changed in the settings file; only a restart applies it"
                     );
                 }
-                self.timeouts_tx.send_replace(next.timeouts);
+                self.timeouts.set(next.timeouts);
                 self.settings_tx.send_replace(Arc::new(next));
                 self.service_tx.send_replace(Arc::new(service));
                 tracing::info!(config = ?self.config, "settings reloaded");

@@ -173,6 +173,7 @@ where
 /// running until the runtime ends.
 pub struct Server {
     trigger: drain::Trigger,
+    timeouts: TimeoutsHandle,
     /// Copies of the listening sockets, to pass to a new process.
     listener_fds: Vec<OwnedFd>,
     handoff: Arc<OnceLock<Handoff>>,
@@ -255,32 +256,123 @@ impl Accept for tokio::net::UnixListener {
     }
 }
 
-impl Server {
-    /// Starts accepting on every listener. Must run inside a tokio runtime.
-    ///
-    /// `trigger` is the drain trigger whose watches the service may hold (to
-    /// answer `/readyz` or end streams); the server pulls it in [`Server::drain`].
-    /// `timeouts` may change while it serves; `limits` are fixed.
-    pub fn start<S: HttpService>(
-        listeners: Vec<Listener>,
-        service: S,
-        trigger: drain::Trigger,
-        timeouts: watch::Receiver<ConnectionTimeouts>,
-        limits: Limits,
-    ) -> io::Result<Server> {
-        Self::start_checked(listeners, service, trigger, timeouts, limits, None)
+/// The connection timeouts of a running [`Server`], which may change while
+/// it serves (a reload): every connection, open ones included, follows.
+#[derive(Debug, Clone)]
+pub struct TimeoutsHandle(Arc<watch::Sender<ConnectionTimeouts>>);
+
+impl TimeoutsHandle {
+    /// Applies `timeouts` to every connection from now on.
+    pub fn set(&self, timeouts: ConnectionTimeouts) {
+        self.0.send_replace(timeouts);
     }
 
-    /// [`Server::start`], with the kit's readiness check answered in front
-    /// of the service.
-    pub(crate) fn start_checked<S: HttpService>(
-        listeners: Vec<Listener>,
-        service: S,
-        trigger: drain::Trigger,
-        timeouts: watch::Receiver<ConnectionTimeouts>,
-        limits: Limits,
-        readiness: Option<ReadinessCheck>,
-    ) -> io::Result<Server> {
+    /// The timeouts in force.
+    pub fn get(&self) -> ConnectionTimeouts {
+        *self.0.borrow()
+    }
+}
+
+/// How a [`Server`] is set up, from [`Server::builder`]: anything left
+/// unset keeps its default.
+///
+/// ```no_run
+/// # async fn run(listener: handover::Listener, service: impl handover::HttpService) -> std::io::Result<()> {
+/// use std::time::Duration;
+/// use handover::server::Server;
+///
+/// let (trigger, drain) = handover::drain::channel();
+/// // The service may hold `drain` to end its streams as the drain starts.
+/// let server = Server::builder(vec![listener], service).drain(trigger).start()?;
+/// tokio::signal::ctrl_c().await?;
+/// let report = server.drain(Duration::from_secs(10), |_| {}).await;
+/// assert!(report.is_clean());
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder serves nothing until `start` or `serve`"]
+pub struct Builder<S> {
+    listeners: Vec<Listener>,
+    service: S,
+    trigger: Option<drain::Trigger>,
+    timeouts: ConnectionTimeouts,
+    limits: Limits,
+    readiness: Option<ReadinessCheck>,
+}
+
+impl<S: HttpService> Builder<S> {
+    /// The drain trigger whose watches the service holds (to answer
+    /// `/readyz` or end its streams); the server pulls it in
+    /// [`Server::drain`]. Default: one of its own.
+    pub fn drain(mut self, trigger: drain::Trigger) -> Self {
+        self.trigger = Some(trigger);
+        self
+    }
+
+    /// The connections' timeouts to start with ([`Server::timeouts`]
+    /// changes them later). Default: the settings' defaults.
+    pub fn timeouts(mut self, timeouts: ConnectionTimeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// What the server accepts from clients, fixed while it runs. Default:
+    /// the settings' defaults.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The kit's readiness check, answered in front of the service.
+    pub(crate) fn readiness(mut self, readiness: Option<ReadinessCheck>) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Starts accepting on every listener. Must run inside a tokio runtime.
+    pub fn start(self) -> io::Result<Server> {
+        Server::start(self)
+    }
+
+    /// Serves until `shutdown` resolves, then drains with `deadline`.
+    ///
+    /// The shutdown trigger is a future so tests (and embedders) can end the
+    /// server without sending the process a signal.
+    pub async fn serve(
+        self,
+        deadline: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<DrainReport> {
+        let server = self.start()?;
+        shutdown.await;
+        Ok(server.drain(deadline, |_| {}).await)
+    }
+}
+
+impl Server {
+    /// Sets up a server of `service` on `listeners` (which must be
+    /// non-blocking); [`Builder::start`] starts it.
+    pub fn builder<S: HttpService>(listeners: Vec<Listener>, service: S) -> Builder<S> {
+        Builder {
+            listeners,
+            service,
+            trigger: None,
+            timeouts: ConnectionTimeouts::default(),
+            limits: Limits::default(),
+            readiness: None,
+        }
+    }
+
+    fn start<S: HttpService>(builder: Builder<S>) -> io::Result<Server> {
+        let Builder {
+            listeners,
+            service,
+            trigger,
+            timeouts,
+            limits,
+            readiness,
+        } = builder;
+        let trigger = trigger.unwrap_or_else(|| drain::channel().0);
+        let (timeouts_tx, timeouts) = watch::channel(timeouts);
         let service = service.into_hyper();
         let connections = TaskTracker::new();
         let ctx = ConnectionContext {
@@ -333,6 +425,7 @@ impl Server {
         }
         Ok(Server {
             trigger,
+            timeouts: TimeoutsHandle(Arc::new(timeouts_tx)),
             listener_fds,
             handoff: ctx.handoff,
             adopt,
@@ -345,6 +438,11 @@ impl Server {
             slots: ctx.slots,
             listening,
         })
+    }
+
+    /// Its connections' timeouts, to change while it serves.
+    pub fn timeouts(&self) -> TimeoutsHandle {
+        self.timeouts.clone()
     }
 
     /// What the server listens on, for logs and `STATUS=`.
@@ -462,24 +560,6 @@ impl Server {
             elapsed: started.elapsed(),
         }
     }
-}
-
-/// Serves until `shutdown` resolves, then drains with `deadline`.
-///
-/// The shutdown trigger is a future so tests (and embedders) can end the
-/// server without sending the process a signal.
-pub async fn serve<S: HttpService>(
-    listeners: Vec<Listener>,
-    service: S,
-    trigger: drain::Trigger,
-    timeouts: watch::Receiver<ConnectionTimeouts>,
-    limits: Limits,
-    deadline: Duration,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<DrainReport> {
-    let server = Server::start(listeners, service, trigger, timeouts, limits)?;
-    shutdown.await;
-    Ok(server.drain(deadline, |_| {}).await)
 }
 
 async fn accept_loop<L, S, B>(

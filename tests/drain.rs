@@ -87,18 +87,15 @@ async fn a_reloaded_idle_timeout_applies_to_open_connections() {
         header_read: HEADER_READ,
         ..timeouts()
     };
-    server.timeouts.send(long_check).unwrap();
+    server.timeouts.set(long_check);
     let mut conn = RawConn::connect(server.addr).await.unwrap();
     assert_eq!(conn.get("/").await.unwrap().status, 200);
     let short = Duration::from_millis(300);
     let reloaded = Instant::now();
-    server
-        .timeouts
-        .send(ConnectionTimeouts {
-            idle: short,
-            ..long_check
-        })
-        .unwrap();
+    server.timeouts.set(ConnectionTimeouts {
+        idle: short,
+        ..long_check
+    });
     assert_eq!(conn.end().await.unwrap(), End::Eof);
     let waited = reloaded.elapsed();
     // The old idle timeout was 30 s; the timer checks at least every

@@ -114,13 +114,10 @@ async fn the_close_code_is_a_setting() {
     let (mut server, _socket) = TestServer::start(Duration::from_secs(10));
     let mut socket = websocket(server.addr).await;
     echo(&mut socket, "before").await;
-    server
-        .timeouts
-        .send(ConnectionTimeouts {
-            websocket_close_code: 1012,
-            ..timeouts()
-        })
-        .unwrap();
+    server.timeouts.set(ConnectionTimeouts {
+        websocket_close_code: 1012,
+        ..timeouts()
+    });
     server.begin_drain().await;
     assert_eq!(close_code(&mut socket).await, CloseCode::Restart);
     ends_cleanly(socket).await;

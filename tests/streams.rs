@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use handover::server::Server;
-use handover::settings::{ConnectionTimeouts, Limits};
+use handover::settings::ConnectionTimeouts;
 use handover::{HyperService, Listener, drain};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// A body that sends one chunk and then never ends: a service that does
 /// not watch the drain. (Or, with `true`, ends after it.)
@@ -96,15 +96,14 @@ fn start_with(
     socket.set_nonblocking(true).unwrap();
     let addr = socket.local_addr().unwrap();
     let (trigger, _drain) = drain::channel();
-    let (_timeouts_tx, timeouts) = watch::channel(timeouts);
     let (entered_tx, entered) = mpsc::unbounded_channel();
-    let server = Server::start(
+    let server = Server::builder(
         vec![Listener::from(socket)],
         HyperService(Stubborn(entered_tx)),
-        trigger,
-        timeouts,
-        Limits::default(),
     )
+    .drain(trigger)
+    .timeouts(timeouts)
+    .start()
     .unwrap();
     (addr, server, entered)
 }

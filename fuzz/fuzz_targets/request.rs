@@ -17,7 +17,6 @@ use handover::drain;
 use handover::internals::{ServeArgs, Settings};
 use handover::server::Server;
 use libfuzzer_sys::fuzz_target;
-use tokio::sync::watch;
 
 /// The reference app's routes, as its binary compiles them.
 #[path = "../../src/bin/app/routes.rs"]
@@ -60,8 +59,7 @@ fn harness() -> &'static Harness {
             .enable_all()
             .build()
             .unwrap();
-        let (timeouts_tx, timeouts) = watch::channel(settings.timeouts);
-        std::mem::forget(timeouts_tx);
+        let timeouts = settings.timeouts;
         let (trigger, drain) = drain::channel();
         let app = App::new(handover::internals::context(
             "app",
@@ -75,7 +73,11 @@ fn harness() -> &'static Harness {
         let listener = Listener::from(socket);
         let server = {
             let _enter = runtime.enter();
-            Server::start(vec![listener], app, trigger, timeouts, Default::default()).unwrap()
+            Server::builder(vec![listener], app)
+                .drain(trigger)
+                .timeouts(timeouts)
+                .start()
+                .unwrap()
         };
         Harness {
             runtime,

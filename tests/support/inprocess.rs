@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use handover::drain;
 use handover::internals::{FileSettings, ServeArgs, Settings};
-use handover::server::{DrainReport, Server};
+use handover::server::{DrainReport, Server, TimeoutsHandle};
 use handover::settings::{ConnectionTimeouts, Limits};
 use handover::{HyperService, Listener};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 /// The reference app's routes, compiled into the tests as its binary
 /// compiles them: they use the kit's public API only.
@@ -72,7 +72,7 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<DrainReport>,
     /// What a reload sends the connections.
-    pub timeouts: watch::Sender<ConnectionTimeouts>,
+    pub timeouts: TimeoutsHandle,
     /// Connections holding a descriptor, as the server counts them.
     pub fds: Arc<AtomicUsize>,
 }
@@ -90,7 +90,6 @@ impl TestServer {
         let addr = socket.local_addr().unwrap();
         let listener = Listener::from(socket);
         let settings = Settings::resolve(&ServeArgs::default(), &FileSettings::default()).unwrap();
-        let (timeouts_tx, timeouts_rx) = watch::channel(timeouts());
         let (trigger, drain) = drain::channel();
         let (entered_tx, entered) = mpsc::unbounded_channel();
         let app = HyperService(Observed {
@@ -104,7 +103,13 @@ impl TestServer {
             )),
             entered: entered_tx,
         });
-        let server = Server::start(vec![listener], app, trigger, timeouts_rx, limits).unwrap();
+        let server = Server::builder(vec![listener], app)
+            .drain(trigger)
+            .timeouts(timeouts())
+            .limits(limits)
+            .start()
+            .unwrap();
+        let timeouts = server.timeouts();
         let fds = Arc::new(AtomicUsize::new(0));
         let (shutdown, mut stop) = oneshot::channel::<()>();
         let done = tokio::spawn({
@@ -127,7 +132,7 @@ impl TestServer {
             entered,
             shutdown: Some(shutdown),
             done,
-            timeouts: timeouts_tx,
+            timeouts,
             fds,
         }
     }
