@@ -175,7 +175,9 @@ where
                             // The new process pings now; ours would be refused.
                             task.abort();
                         }
-                        return Ok(lifecycle.hand_over(server, successor, &mut intents).await);
+                        return Ok(lifecycle
+                            .drain_moving_to(server, successor, &mut intents)
+                            .await);
                     }
                     Err(ReplaceError::Draining(signal)) => {
                         answer(reply_to, false);
@@ -306,7 +308,7 @@ impl<T: ServiceSettings> Lifecycle<T> {
     /// The drain of a process its successor has replaced: HTTP/1
     /// connections move to it, the rest drain here. systemd hears nothing
     /// more from this process: it is no longer the unit's main one.
-    async fn hand_over(
+    async fn drain_moving_to(
         self,
         server: Server,
         successor: Successor,
@@ -324,8 +326,8 @@ impl<T: ServiceSettings> Lifecycle<T> {
         );
         let handing = async {
             if successor.takes_connections {
-                let handoff = crate::connection::Handoff::new(successor.channel);
-                server.hand_over(handoff, deadline).await
+                let move_target = crate::connection::MoveTarget::new(successor.channel);
+                server.drain_moving_to(move_target, deadline).await
             } else {
                 // A release that cannot take connections: they drain here.
                 (server.drain(deadline, |_| {}).await, (0, connections))

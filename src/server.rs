@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{
-    self, BoxError, ConnectionContext, Handoff, Http, Open, Slots, StreamCutoff, stream_end_at,
+    self, BoxError, ConnectionContext, Http, MoveTarget, Open, Slots, StreamCutoff, stream_end_at,
 };
 use crate::drain;
 use crate::listeners::{Listener, StdListener};
@@ -176,7 +176,7 @@ pub struct Server {
     timeouts: TimeoutsHandle,
     /// Copies of the listening sockets, to pass to a new process.
     listener_fds: Vec<OwnedFd>,
-    handoff: Arc<OnceLock<Handoff>>,
+    move_target: Arc<OnceLock<MoveTarget>>,
     adopt: Adopt,
     accept_loops: Vec<JoinHandle<()>>,
     /// Ends the accept loops, before the drain starts.
@@ -384,7 +384,7 @@ impl Server {
             slots: Arc::new(Slots::new(limits.max_connections)),
             http: Arc::new(Http::new(&limits)),
             numbers: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            handoff: Arc::new(OnceLock::new()),
+            move_target: Arc::new(OnceLock::new()),
             cutoff: StreamCutoff::default(),
             readiness: readiness.map(Arc::new),
         };
@@ -427,7 +427,7 @@ impl Server {
             trigger,
             timeouts: TimeoutsHandle(Arc::new(timeouts_tx)),
             listener_fds,
-            handoff: ctx.handoff,
+            move_target: ctx.move_target,
             adopt,
             accept_loops,
             stop_accepting,
@@ -473,17 +473,17 @@ impl Server {
     }
 
     /// The drain of a process a new one has replaced: stops accepting,
-    /// moves every HTTP/1 connection to `handoff` between two requests, and
+    /// moves every HTTP/1 connection to `target` between two requests, and
     /// drains the rest (HTTP/2, WebSockets) as [`Server::drain`] does.
-    pub(crate) async fn hand_over(
+    pub(crate) async fn drain_moving_to(
         self,
-        handoff: Handoff,
+        target: MoveTarget,
         deadline: Duration,
     ) -> (DrainReport, (usize, usize)) {
-        let handoffs = self.handoff.clone();
-        handoffs.get_or_init(|| handoff);
+        let targets = self.move_target.clone();
+        targets.get_or_init(|| target);
         let report = self.drain_with(deadline, |_| {}, true).await;
-        let counts = handoffs.get().map_or((0, 0), Handoff::counts);
+        let counts = targets.get().map_or((0, 0), MoveTarget::counts);
         (report, counts)
     }
 

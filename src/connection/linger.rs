@@ -13,7 +13,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// What we still write before closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Farewell {
-    None,
+    /// Nothing: close, then linger.
+    Silent,
     /// A request head that did not finish in time: 408.
     RequestTimeout,
     /// The client never sent a byte: close without lingering.

@@ -16,14 +16,14 @@
 //!   connection, and bring its IO home when hyper or the service lets go;
 //! - [`websocket`]: the WebSocket Close frame, between two frames;
 //! - [`linger`]: the lingering close every connection ends with;
-//! - [`handoff`]: or, when a new process replaces this one, the move of an
+//! - [`move_target`]: or, when a new process replaces this one, the move of an
 //!   HTTP/1 connection to it, between two requests;
 //! - this module: the task that ties them together.
 
 mod admission;
-mod handoff;
 mod http;
 mod linger;
+mod move_target;
 mod policy;
 mod streams;
 mod tracking;
@@ -52,10 +52,10 @@ use crate::settings::{ConnectionTimeouts, Limits};
 
 use crate::readiness::ReadinessCheck;
 pub(crate) use admission::{Slot, Slots};
-pub(crate) use handoff::Handoff;
 use http::Conn;
 pub(crate) use http::Http;
 use linger::{Farewell, linger};
+pub(crate) use move_target::MoveTarget;
 use policy::{Action, Policy};
 pub(crate) use streams::{StreamCutoff, stream_end_at};
 use tracking::{Movable, Shared, State, Tracked, Tracking};
@@ -83,7 +83,7 @@ pub(crate) struct ConnectionContext {
     /// Numbers connections, for their place in the WebSocket close window.
     pub numbers: Arc<AtomicU64>,
     /// Set, before the drain starts, when a new process replaces this one.
-    pub handoff: Arc<OnceLock<Handoff>>,
+    pub move_target: Arc<OnceLock<MoveTarget>>,
     /// Ends the HTTP/2 streams still open shortly before the drain deadline.
     pub cutoff: StreamCutoff,
     /// The readiness check the kit answers in front of the service, if any.
@@ -178,12 +178,12 @@ pub(crate) async fn serve<I, S, B>(
     let (farewell, io) = match end {
         End::Close(farewell, io) => (farewell, io),
         End::Move(io) => {
-            let handoff = ctx
-                .handoff
+            let move_target = ctx
+                .move_target
                 .get()
-                .expect("connections move only with a handoff");
+                .expect("connections move only with a target");
             let sent = tokio::select! {
-                sent = handoff.send(io.as_fd()) => sent.map_err(|err| err.to_string()),
+                sent = move_target.send(io.as_fd()) => sent.map_err(|err| err.to_string()),
                 () = ctx.cut.cancelled() => Err("the drain deadline passed".to_owned()),
             };
             match sent {
@@ -191,13 +191,13 @@ pub(crate) async fn serve<I, S, B>(
                 Ok(()) => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "connection not moved to the new process; closing it");
-                    (Farewell::None, Some(io))
+                    (Farewell::Silent, Some(io))
                 }
             }
         }
     };
-    if let Some(handoff) = ctx.handoff.get() {
-        handoff.stayed();
+    if let Some(move_target) = ctx.move_target.get() {
+        move_target.stayed();
     }
     if let Some(io) = io {
         // A connection whose client never sent a byte has no response to
@@ -205,7 +205,7 @@ pub(crate) async fn serve<I, S, B>(
         // instead of lingering. An idle flood gives its slots back after the
         // grace, not the grace and the linger.
         let farewell = match farewell {
-            Farewell::None if !shared.heard() => Farewell::Unused,
+            Farewell::Silent if !shared.heard() => Farewell::Unused,
             farewell => farewell,
         };
         linger(io, farewell, &ctx.cut).await;
@@ -258,7 +258,7 @@ where
                     drop(conn.take());
                     return match home.try_recv() {
                         Ok(io) => End::Move(io),
-                        Err(_) => End::Close(Farewell::None, None),
+                        Err(_) => End::Close(Farewell::Silent, None),
                     };
                 }
                 Movable::Later => {}
@@ -356,12 +356,12 @@ where
                 // unless a service took it with an upgrade.
                 conn = None;
                 match home.try_recv() {
-                    Ok(io) => return End::Close(Farewell::None, Some(io)),
+                    Ok(io) => return End::Close(Farewell::Silent, Some(io)),
                     Err(oneshot::error::TryRecvError::Closed) => {
-                        return End::Close(Farewell::None, None);
+                        return End::Close(Farewell::Silent, None);
                     }
                     Err(oneshot::error::TryRecvError::Empty) => {
-                        let websocket = shared.upgraded();
+                        let websocket = shared.mark_upgraded();
                         tracing::debug!(websocket, "connection upgraded");
                         if let Some(at) = moving.take() {
                             shared.stop_moving();
@@ -370,7 +370,7 @@ where
                     }
                 }
             }
-            Event::Home(io) => return End::Close(Farewell::None, io),
+            Event::Home(io) => return End::Close(Farewell::Silent, io),
             Event::Cut => {
                 if conn.is_none() {
                     // The service holds the upgraded connection: end its
@@ -379,7 +379,7 @@ where
                     // SAFETY: shutdown on an open socket has no memory effects.
                     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
                 }
-                return End::Close(Farewell::None, None);
+                return End::Close(Farewell::Silent, None);
             }
             Event::DrainStarted(at) => {
                 drain_seen = true;
@@ -435,7 +435,7 @@ where
                         let farewell = if action == Action::RequestTimeout {
                             Farewell::RequestTimeout
                         } else {
-                            Farewell::None
+                            Farewell::Silent
                         };
                         return End::Close(farewell, home.try_recv().ok());
                     }
@@ -456,7 +456,7 @@ where
 /// and the connection can move there, its move: returns the drain's start
 /// then.
 fn drain_started(shared: &Shared, ctx: &ConnectionContext, at: Instant) -> Option<Instant> {
-    if ctx.handoff.get().is_some() && shared.start_moving() {
+    if ctx.move_target.get().is_some() && shared.start_moving() {
         return Some(at);
     }
     shared.lock().policy.drain_started(at);

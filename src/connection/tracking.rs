@@ -359,7 +359,7 @@ impl Shared {
 
     /// The connection now belongs to the service that took the upgrade.
     /// Returns whether it is a WebSocket.
-    pub(super) fn upgraded(&self) -> bool {
+    pub(super) fn mark_upgraded(&self) -> bool {
         let websocket = {
             let mut state = self.lock();
             let websocket = state.websocket_accepted;

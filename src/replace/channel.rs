@@ -37,7 +37,13 @@ pub(crate) enum ChannelError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Wire(#[from] WireError),
-    #[error("a handover message longer than {MAX_MESSAGE} bytes or with more than {MAX_FDS} fds")]
+    /// We refused to send it: the other side could not take it whole.
+    #[error(
+        "a handover message of {bytes} bytes with {fds} fds is over the channel's {MAX_MESSAGE} bytes or {MAX_FDS} fds"
+    )]
+    TooLarge { bytes: usize, fds: usize },
+    /// What arrived was cut short by the kernel: the sender broke the limits.
+    #[error("a handover message arrived truncated (over {MAX_MESSAGE} bytes or {MAX_FDS} fds)")]
     Truncated,
 }
 
@@ -73,7 +79,10 @@ impl Channel {
     ) -> Result<(), ChannelError> {
         let bytes = message.encode();
         if bytes.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
-            return Err(ChannelError::Truncated);
+            return Err(ChannelError::TooLarge {
+                bytes: bytes.len(),
+                fds: fds.len(),
+            });
         }
         self.fd
             .async_io(Interest::WRITABLE, |fd| {

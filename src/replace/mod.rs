@@ -316,8 +316,12 @@ pub(crate) struct Predecessor {
 pub(crate) enum InheritError {
     #[error("{CHANNEL_VAR}={0:?} is not FD:PID")]
     Malformed(String),
-    #[error("{CHANNEL_VAR} names fd {0}, which is not the handover channel")]
-    NotChannel(RawFd),
+    #[error("cannot set close-on-exec on the handover channel (fd {fd})")]
+    CloseOnExec {
+        fd: RawFd,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the handover channel was already taken")]
     AlreadyTaken,
 }
@@ -347,8 +351,12 @@ pub(crate) fn inherited_channel() -> Result<Option<OwnedFd>, InheritError> {
     // us; it is a seqpacket socket (checked above) and, by the TAKEN guard,
     // nothing else in this process owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
-        .map_err(|_| InheritError::NotChannel(fd.as_raw_fd()))?;
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC).map_err(|err| {
+        InheritError::CloseOnExec {
+            fd: fd.as_raw_fd(),
+            source: err.into(),
+        }
+    })?;
     Ok(Some(fd))
 }
 

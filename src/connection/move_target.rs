@@ -11,13 +11,13 @@ use crate::replace::wire::Message;
 
 /// Where this process's connections go, and how many went.
 #[derive(Debug)]
-pub(crate) struct Handoff {
+pub(crate) struct MoveTarget {
     channel: Arc<Channel>,
     moved: AtomicUsize,
     stayed: AtomicUsize,
 }
 
-impl Handoff {
+impl MoveTarget {
     pub(crate) fn new(channel: Arc<Channel>) -> Self {
         Self {
             channel,
