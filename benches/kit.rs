@@ -117,7 +117,7 @@ fn main() {
         eprintln!("cannot raise the file descriptor limit: {err}");
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let app = PathBuf::from(env!("CARGO_BIN_EXE_app"));
+    let app = PathBuf::from(support::process::app_binary());
     let baseline = baseline_binary();
     for (section, program, package) in [
         ("steady", "wrk", "wrk"),

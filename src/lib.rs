@@ -21,8 +21,9 @@
 //! - the in-place reload, one process handing its sockets and idle
 //!   connections to its successor: `replace` (the crate's namesake).
 //!
-//! The reference service, `app` (`src/bin/app/`), is built on this public
-//! API only, as any other service is.
+//! The reference service, `app`, is a package of its own (`src/bin/app/`),
+//! built on this public API only, as any other service is; nothing it alone
+//! uses is a dependency of this crate.
 #![warn(missing_docs)]
 // What is `pub` is reachable from the root; the rest says `pub(crate)`.
 #![warn(unreachable_pub)]

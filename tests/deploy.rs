@@ -209,7 +209,7 @@ async fn a_broken_release_stops_the_rollout_and_the_sibling_serves() {
     // The rollout tool itself stays the good build.
     blocking(&sd, |sd| {
         sd.copy_in(
-            std::path::Path::new(env!("CARGO_BIN_EXE_app")),
+            std::path::Path::new(support::process::app_binary()),
             "/usr/local/bin/app-good",
         )
     })
@@ -260,7 +260,7 @@ async fn a_broken_release_stops_the_rollout_and_the_sibling_serves() {
     // Fixing the release and rolling out again repairs app@1.
     blocking(&sd, |sd| {
         sd.copy_in(
-            std::path::Path::new(env!("CARGO_BIN_EXE_app")),
+            std::path::Path::new(support::process::app_binary()),
             "/usr/bin/app",
         );
         sd.systemctl_ok(&["reset-failed"]);

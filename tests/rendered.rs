@@ -38,7 +38,7 @@ struct RenderedSet {
 fn app() -> RenderedSet {
     RenderedSet {
         name: "app",
-        binary: env!("CARGO_BIN_EXE_app").into(),
+        binary: support::process::app_binary().into(),
         args: &[],
         exec: "/usr/bin/app",
         committed: env!("CARGO_MANIFEST_DIR").into(),

@@ -18,11 +18,9 @@ use handover::internals::{ServeArgs, Settings};
 use handover::server::Server;
 use libfuzzer_sys::fuzz_target;
 
-/// The reference app's routes, as its binary compiles them.
-#[path = "../../src/bin/app/routes.rs"]
-#[allow(dead_code)]
-mod routes;
-use routes::{App, AppSettings};
+// The reference app's routes (its package's library target), as its binary
+// serves them.
+use app::{App, AppSettings};
 
 /// One server for the whole run: state that outlives a connection (a leak,
 /// a stuck task) builds up where the checks below see it.

@@ -23,10 +23,18 @@ pub fn orders_binary() -> &'static Path {
     BUILT.get_or_init(|| example_binary(NAME))
 }
 
-/// The debug build of the workspace member whose package and binary are
-/// both `name` (`cargo build -p NAME --bin NAME`), where cargo put it.
+/// The build of the workspace member whose package and binary are both
+/// `name` (`cargo build -p NAME --bin NAME`), where cargo put it: a debug
+/// build for the tests, a release build for the benchmarks (whatever
+/// profile compiled this code, as cargo's own `CARGO_BIN_EXE_*` would be).
 pub fn example_binary(name: &str) -> PathBuf {
+    let release: &[&str] = if cfg!(debug_assertions) {
+        &[]
+    } else {
+        &["--release"]
+    };
     let out = Command::new(env!("CARGO"))
+        .args(release)
         .args([
             "build",
             "--quiet",

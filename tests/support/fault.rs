@@ -15,6 +15,8 @@ pub fn fault_binary() -> &'static Path {
             .args([
                 "build",
                 "--quiet",
+                "--package",
+                "app",
                 "--bin",
                 "app",
                 "--features",

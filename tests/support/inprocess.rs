@@ -17,12 +17,9 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use tokio::sync::{mpsc, oneshot};
 
-/// The reference app's routes, compiled into the tests as its binary
-/// compiles them: they use the kit's public API only.
-#[path = "../../src/bin/app/routes.rs"]
-#[allow(dead_code, unused_imports)]
-mod routes;
-use routes::{App, AppBody, AppSettings};
+// The reference app's routes (its package's library target), as its binary
+// serves them: they use the kit's public API only.
+use app::{App, AppBody, AppSettings};
 
 pub const GRACE: Duration = Duration::from_millis(400);
 

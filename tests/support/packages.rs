@@ -1,8 +1,8 @@
 //! The `.deb` and `.rpm` of this tree, built once per test run with the
-//! README's commands (`cargo deb`; `cargo build --release && cargo
-//! generate-rpm`), and of two copies of the tree with higher versions: one
-//! good, for an upgrade, and one whose binary fails to start, for an upgrade
-//! that must stop and leave the old version serving.
+//! README's commands (`cargo deb -p app`; `cargo build --release && cargo
+//! generate-rpm -p src/bin/app`), and of two copies of the tree with higher
+//! versions: one good, for an upgrade, and one whose binary fails to start,
+//! for an upgrade that must stop and leave the old version serving.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,13 +88,11 @@ fn build_all() -> Result<Packages, String> {
     let tree = copy_tree(&root.join("tree-broken"), &broken_version)?;
     // Broken where serving starts (its own settings never validate), so
     // the release's `app rollout` still runs and its instances fail.
-    let routes = tree.join("src/bin/app/routes.rs");
+    let routes = tree.join("src/bin/app/lib.rs");
     let source = std::fs::read_to_string(&routes).map_err(|e| e.to_string())?;
     let validate = "fn validate(&self) -> Result<(), String> {";
     if !source.contains(validate) {
-        return Err(format!(
-            "src/bin/app/routes.rs has no `{validate}` to break"
-        ));
+        return Err(format!("src/bin/app/lib.rs has no `{validate}` to break"));
     }
     let broken_source = source.replace(
         validate,
@@ -115,7 +113,8 @@ fn build_all() -> Result<Packages, String> {
     })
 }
 
-/// `version = "…"` of the [package] table (the first one in the file).
+/// The first `version = "…"` line: the [workspace.package] table's in the
+/// root manifest, a package's own in a consumer's.
 pub fn package_version(manifest: &str) -> Result<String, String> {
     manifest
         .lines()
@@ -189,8 +188,13 @@ fn copy_tree(dest: &Path, version: &str) -> Result<PathBuf, String> {
 fn build(tree: &Path, target: &Path, out: &Path, version: &str) -> Result<Built, String> {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    run(tree, target, &["deb", "--output"], out)?;
-    run(tree, target, &["generate-rpm", "--output"], out)?;
+    run(tree, target, &["deb", "--package", "app", "--output"], out)?;
+    run(
+        tree,
+        target,
+        &["generate-rpm", "--package", "src/bin/app", "--output"],
+        out,
+    )?;
     let find = |ext: &str| -> Result<PathBuf, String> {
         std::fs::read_dir(out)
             .map_err(|e| e.to_string())?

@@ -14,8 +14,15 @@ use std::time::{Duration, Instant};
 /// How long any awaited event may take before the test fails.
 pub const EVENT_LIMIT: Duration = Duration::from_secs(15);
 
+/// The build of the reference service (`cargo build -p app`; `--release`
+/// for the benchmarks), built on first use: it is a package of its own
+/// (src/bin/app), so cargo does not hand this package's tests its path.
 pub fn app_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_app")
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let path = super::consumer::example_binary("app");
+        path.to_str().expect("a UTF-8 target directory").to_owned()
+    })
 }
 
 /// A free loopback port: bound, read, released. Another process could take it

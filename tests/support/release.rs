@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 use super::packages::{bump, copy_sources, package_version};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+/// The reference service's package, under the tree's root.
+const APP_MANIFEST: &str = "src/bin/app/Cargo.toml";
 
 /// A release of `app` other than the one the tests were built from.
 pub struct Release {
@@ -35,28 +37,29 @@ fn build_next() -> Result<Release, String> {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let tree = tmp.join("reload-next-tree");
     let target = tmp.join("fault-injection");
+    // The version is the workspace's (the root manifest); the binary
+    // target is the app package's.
     let manifest = std::fs::read_to_string(Path::new(MANIFEST_DIR).join("Cargo.toml"))
         .map_err(|e| e.to_string())?;
     let current = package_version(&manifest)?;
     let version = bump(&current, 1)?;
     copy_sources(&tree)?;
-    let bin = "[[bin]]\nname = \"app\"\n";
-    if !manifest.contains(bin) || !manifest.contains("default-run = \"app\"") {
-        return Err(format!(
-            "Cargo.toml has no `{bin}` or `default-run = \"app\"` to rename"
-        ));
-    }
-    let manifest = manifest
-        .replacen(
-            &format!("version = \"{current}\""),
-            &format!("version = \"{version}\""),
-            1,
-        )
-        .replacen(bin, "[[bin]]\nname = \"app-next\"\n", 1)
-        .replacen("default-run = \"app\"", "default-run = \"app-next\"", 1);
+    let manifest = manifest.replacen(
+        &format!("version = \"{current}\""),
+        &format!("version = \"{version}\""),
+        1,
+    );
     std::fs::write(tree.join("Cargo.toml"), manifest).map_err(|e| e.to_string())?;
+    let app_manifest = tree.join(APP_MANIFEST);
+    let app = std::fs::read_to_string(&app_manifest).map_err(|e| e.to_string())?;
+    let bin = "[[bin]]\nname = \"app\"\n";
+    if !app.contains(bin) {
+        return Err(format!("{APP_MANIFEST} has no `{bin}` to rename"));
+    }
+    let app = app.replacen(bin, "[[bin]]\nname = \"app-next\"\n", 1);
+    std::fs::write(&app_manifest, app).map_err(|e| e.to_string())?;
     let out = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--bin", "app-next"])
+        .args(["build", "--quiet", "--package", "app", "--bin", "app-next"])
         .arg("--target-dir")
         .arg(&target)
         .current_dir(&tree)

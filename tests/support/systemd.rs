@@ -122,7 +122,7 @@ impl Install {
             .iter()
             .map(|u| (Path::new("/etc/systemd/system").join(u), units.join(u)))
             .collect();
-        copies.push(("/usr/bin/app".into(), env!("CARGO_BIN_EXE_app").into()));
+        copies.push(("/usr/bin/app".into(), super::process::app_binary().into()));
         Self {
             files: vec![("/etc/app/app.toml".into(), settings.as_bytes().to_vec())],
             copies,

@@ -1,9 +1,7 @@
 //! `app`: the reference service. It is built on the kit's public API only,
-//! as any other service is: a name, its own settings, its routes.
+//! as any other service is: a name, its own settings, its routes (lib.rs).
 
 use std::process::ExitCode;
-
-mod routes;
 
 fn main() -> ExitCode {
     handover::Service::new("app")
@@ -11,6 +9,6 @@ fn main() -> ExitCode {
         .about(
             "A zero-downtime HTTP service for systemd socket activation (handover's reference app)",
         )
-        .settings::<routes::AppSettings>()
-        .run(routes::App::new)
+        .settings::<app::AppSettings>()
+        .run(app::App::new)
 }
