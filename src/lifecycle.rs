@@ -22,6 +22,7 @@ use crate::error_chain;
 use crate::listeners::Listener;
 use crate::logging::LogHandle;
 use crate::notify::{Notifier, NotifyState};
+use crate::replace::control::answer;
 use crate::replace::{self, Predecessor, ReplaceError, Successor};
 use crate::rotation::Rotation;
 use crate::server::{DrainReport, HttpService, Server};
@@ -170,7 +171,7 @@ where
             Some(Intent::Replace { reply_to }) => {
                 match lifecycle.replace(&server, &mut intents).await {
                     Ok(successor) => {
-                        answer(reply_to, true);
+                        answer(reply_to, Ok(()));
                         if let Some(task) = watchdog_task {
                             // The new process pings now; ours would be refused.
                             task.abort();
@@ -180,7 +181,7 @@ where
                             .await);
                     }
                     Err(ReplaceError::Draining(signal)) => {
-                        answer(reply_to, false);
+                        answer(reply_to, Err("the instance is stopping"));
                         break signal;
                     }
                     Err(err) => {
@@ -191,7 +192,7 @@ where
                             error = %reason,
                             "reload failed: this process goes on serving: {reason}"
                         );
-                        answer(reply_to, false);
+                        answer(reply_to, Err(&reason));
                     }
                 }
             }
@@ -200,22 +201,6 @@ where
         }
     };
     Ok(lifecycle.drain(server, signal, &mut intents).await)
-}
-
-/// Answers `NAME replace` (a reload's `ExecReload=`): SIGUSR1 done,
-/// SIGUSR2 failed.
-fn answer(to: Option<i32>, done: bool) {
-    let Some(pid) = to.and_then(rustix::process::Pid::from_raw) else {
-        return;
-    };
-    let signal = if done {
-        rustix::process::Signal::USR1
-    } else {
-        rustix::process::Signal::USR2
-    };
-    if let Err(err) = rustix::process::kill_process(pid, signal) {
-        tracing::warn!(pid = pid.as_raw_nonzero().get(), error = %err, "cannot answer the reload");
-    }
 }
 
 struct Lifecycle<T> {
@@ -291,7 +276,7 @@ impl<T: ServiceSettings> Lifecycle<T> {
                     Some(Intent::Drain(signal)) => break Err(ReplaceError::Draining(signal)),
                     Some(Intent::Replace { reply_to }) => {
                         tracing::warn!("reload asked again while one is under way: refused");
-                        answer(reply_to, false);
+                        answer(reply_to, Err("another reload of this instance is under way"));
                     }
                     Some(Intent::Reload) => tracing::info!("settings reload ignored while replacing"),
                     None => {}
@@ -359,7 +344,10 @@ impl<T: ServiceSettings> Lifecycle<T> {
                         signalled = true;
                         tracing::info!(signal, "drain signal during the handover: finishing it");
                     }
-                    Some(Intent::Replace { reply_to }) => answer(reply_to, false),
+                    Some(Intent::Replace { reply_to }) => answer(
+                        reply_to,
+                        Err("this process was just replaced; reload the new one"),
+                    ),
                     Some(Intent::Reload) | None => {}
                 },
             }
@@ -405,7 +393,7 @@ impl<T: ServiceSettings> Lifecycle<T> {
                     Some(Intent::Reload) => tracing::info!("reload ignored while draining"),
                     Some(Intent::Replace { reply_to }) => {
                         tracing::info!("replace ignored while draining");
-                        answer(reply_to, false);
+                        answer(reply_to, Err("the instance is stopping"));
                     }
                     None => {}
                 },

@@ -375,6 +375,9 @@ struct Broken {
     fixed: &'static str,
     /// Each must be in app@1's journal once the reload failed.
     reasons: &'static [&'static str],
+    /// What `systemctl reload`'s own process (`app replace`, ExecReload=)
+    /// says: the old process's reason, sent back to it.
+    told: &'static str,
 }
 
 static BROKEN: [Broken; 3] = [
@@ -384,6 +387,7 @@ static BROKEN: [Broken; 3] = [
         contents: "exit\n",
         fixed: "",
         reasons: &[START_MESSAGE, "the new process exited before it was ready"],
+        told: "the new process exited before it was ready",
     },
     Broken {
         what: "never ready",
@@ -391,6 +395,7 @@ static BROKEN: [Broken; 3] = [
         contents: "hang\n",
         fixed: "",
         reasons: &["the new process was not ready within 10s; killed it"],
+        told: "the new process was not ready within 10s",
     },
     Broken {
         what: "invalid settings",
@@ -398,6 +403,7 @@ static BROKEN: [Broken; 3] = [
         contents: "drain_deadline = \"2s\"\nidle_grace = \"5s\"\n",
         fixed: "",
         reasons: &["idle_grace", "must be shorter than drain_deadline"],
+        told: "the new process exited before it was ready",
     },
 ];
 
@@ -459,6 +465,15 @@ async fn a_broken_release_fails_the_reload_and_the_old_process_serves_on() {
         for reason in case.reasons {
             assert!(log.contains(reason), "{what}: no {reason:?} in\n{log}");
         }
+        let told = log
+            .lines()
+            .filter(|entry| entry.contains("the reload failed: PID"))
+            .any(|entry| entry.contains(case.told));
+        assert!(
+            told,
+            "{what}: `app replace` did not say {:?}:\n{log}",
+            case.told
+        );
         // The old process serves, as instance 1, and its sibling too.
         let seen = serving(&sd, addr).await;
         assert_eq!(

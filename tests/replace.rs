@@ -149,6 +149,11 @@ async fn replace_waits_for_the_new_process_and_a_failed_one_changes_nothing() {
     let said = String::from_utf8_lossy(&replace.stderr);
     assert_eq!(replace.status.code(), Some(1), "{said}");
     assert!(said.contains("the reload failed"), "{said}");
+    // The old process's reason, sent back to the caller: not "see the log".
+    assert!(
+        said.contains("the new process exited before it was ready"),
+        "{said}"
+    );
     old.wait_for_line(&["reload failed: this process goes on serving", "exited"]);
     assert!(
         old.output().contains("idle_grace"),
