@@ -16,14 +16,16 @@
 //!   connection, and bring its IO home when hyper or the service lets go;
 //! - [`websocket`]: the WebSocket Close frame, between two frames;
 //! - [`linger`]: the lingering close every connection ends with;
-//! - [`move_target`]: or, when a new process replaces this one, the move of an
-//!   HTTP/1 connection to it, between two requests;
+//! - [`moving`]: or, when a new process replaces this one, whether and when
+//!   an HTTP/1 connection moves to it, between two requests, as a pure
+//!   state machine; [`move_target`] sends it;
 //! - this module: the task that ties them together.
 
 mod admission;
 mod http;
 mod linger;
 mod move_target;
+mod moving;
 mod policy;
 mod streams;
 mod tracking;
@@ -56,9 +58,10 @@ use http::Conn;
 pub(crate) use http::Http;
 use linger::{Farewell, linger};
 pub(crate) use move_target::MoveTarget;
+use moving::{MoveAction, Mover};
 use policy::{Action, Policy};
 pub(crate) use streams::{StreamCutoff, stream_end_at};
-use tracking::{Movable, Shared, State, Tracked, Tracking};
+use tracking::{Shared, State, Tracked, Tracking};
 
 /// Any error, as hyper and tower pass them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -233,12 +236,11 @@ where
         .lock()
         .policy
         .set_pressure(*pressure.borrow_and_update());
-    // When the drain started, while this connection is to move instead.
-    let mut moving: Option<Instant> = None;
+    let mut mover = Mover::new();
     let mut drain_seen = false;
     if let Some(at) = ctx.drain.started_at() {
         drain_seen = true;
-        moving = drain_started(shared, &ctx, at);
+        drain_started(&mut mover, shared, &ctx, at);
     }
     let mut reloads_open = true;
     let mut pressure_open = true;
@@ -250,9 +252,9 @@ where
     let mut timer_at = None;
     let control = Arc::new(ControlWake::default());
     loop {
-        if let Some(at) = moving {
-            match shared.movable() {
-                Movable::Now => {
+        if mover.waiting() {
+            match mover.check(&shared.move_facts()) {
+                MoveAction::Move => {
                     // hyper is between two polls and holds nothing of the
                     // connection: dropping it brings the IO home.
                     drop(conn.take());
@@ -261,12 +263,8 @@ where
                         Err(_) => End::Close(Farewell::Silent, None),
                     };
                 }
-                Movable::Later => {}
-                Movable::Never => {
-                    moving = None;
-                    shared.stop_moving();
-                    shared.lock().policy.drain_started(at);
-                }
+                MoveAction::DrainHere { at } => drain_here(shared, at),
+                MoveAction::Wait | MoveAction::Nothing => {}
             }
         }
         let armed = {
@@ -363,9 +361,9 @@ where
                     Err(oneshot::error::TryRecvError::Empty) => {
                         let websocket = shared.mark_upgraded();
                         tracing::debug!(websocket, "connection upgraded");
-                        if let Some(at) = moving.take() {
-                            shared.stop_moving();
-                            shared.lock().policy.drain_started(at);
+                        // Upgraded: a connection waiting to move stays.
+                        if let MoveAction::DrainHere { at } = mover.check(&shared.move_facts()) {
+                            drain_here(shared, at);
                         }
                     }
                 }
@@ -383,7 +381,7 @@ where
             }
             Event::DrainStarted(at) => {
                 drain_seen = true;
-                moving = drain_started(shared, &ctx, at);
+                drain_started(&mut mover, shared, &ctx, at);
             }
             Event::Changed => {}
             Event::Reloaded(open) => {
@@ -453,14 +451,23 @@ where
 }
 
 /// Starts the connection's drain, or, when a new process replaces this one
-/// and the connection can move there, its move: returns the drain's start
-/// then.
-fn drain_started(shared: &Shared, ctx: &ConnectionContext, at: Instant) -> Option<Instant> {
-    if ctx.move_target.get().is_some() && shared.start_moving() {
-        return Some(at);
+/// and the connection can move there, its wait for the next boundary (or
+/// its move at once, in the loop's next check).
+fn drain_started(mover: &mut Mover, shared: &Shared, ctx: &ConnectionContext, at: Instant) {
+    let target = ctx.move_target.get().is_some();
+    match mover.drain_started(at, target, &shared.move_facts()) {
+        // The loop's next check moves it (it is between two polls there).
+        MoveAction::Wait => shared.set_moving(),
+        MoveAction::DrainHere { at } => drain_here(shared, at),
+        MoveAction::Move | MoveAction::Nothing => {}
     }
+}
+
+/// The connection drains in this process, as from `at`: its responses say
+/// `Connection: close` although the process hands over.
+fn drain_here(shared: &Shared, at: Instant) {
+    shared.stop_moving();
     shared.lock().policy.drain_started(at);
-    None
 }
 
 /// hyper's connection, asked to end cleanly.

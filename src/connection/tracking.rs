@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 
 use super::BoxError;
+use super::moving::Facts;
 use super::policy::{Activity, Policy, Protocol};
 use super::streams::{H2Stream, StreamCutoff};
 use super::websocket::{self, OutgoingFrames};
@@ -179,17 +180,6 @@ fn nanos(read: unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> lib
         .wrapping_add(t.tv_nsec as u64)
 }
 
-/// Whether an HTTP/1 connection can move to another process now, with
-/// nothing of it left in hyper's buffers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Movable {
-    Now,
-    /// After the request in flight, or the head arriving.
-    Later,
-    /// Not HTTP/1, or a pipelining client: it drains here instead.
-    Never,
-}
-
 impl State {
     pub(super) fn new(policy: Policy) -> Self {
         Self {
@@ -275,16 +265,10 @@ impl Shared {
         self.cutoff.fire();
     }
 
-    /// Asks the connection to move to a new process: returns whether it
-    /// may, and from now on the end of each response wakes its task.
-    pub(super) fn start_moving(&self) -> bool {
-        let movable = self.movable() != Movable::Never;
-        if movable {
-            self.moving.store(true, Ordering::SeqCst);
-        } else {
-            self.stop_moving();
-        }
-        movable
+    /// The connection waits to move to a new process: from now on the end
+    /// of each response, and its flush, wake its task.
+    pub(super) fn set_moving(&self) {
+        self.moving.store(true, Ordering::SeqCst);
     }
 
     /// The connection will not move after all (upgraded, pipelining, or
@@ -295,35 +279,21 @@ impl Shared {
         self.moving.store(false, Ordering::SeqCst);
     }
 
-    /// Whether the connection can move now. Asked by the connection's task
-    /// between two polls of hyper, so hyper is not reading meanwhile.
-    ///
-    /// Now means: HTTP/1 (or nothing heard yet), no request in flight, no
-    /// byte of a next head read, nothing read during the last request, and
-    /// the last response flushed. hyper then holds nothing of the
-    /// connection: its read buffer is empty and its write buffer written.
-    pub(super) fn movable(&self) -> Movable {
+    /// What the move decision ([`super::moving`]) reads of the connection
+    /// now. Read by the connection's task between two polls of hyper, so
+    /// hyper is not reading meanwhile; the atomics are written by the
+    /// wrappers, on the same task or (a response's end) another.
+    pub(super) fn move_facts(&self) -> Facts {
         let hot = &self.hot;
-        if hot.pipelined.load(Ordering::SeqCst)
-            || !hot.http1.load(Ordering::SeqCst)
-            || self.upgraded.load(Ordering::SeqCst)
-        {
-            return Movable::Never;
+        Facts {
+            not_http1: !hot.http1.load(Ordering::SeqCst),
+            upgraded: self.upgraded.load(Ordering::SeqCst),
+            pipelined: hot.pipelined.load(Ordering::SeqCst),
+            in_flight: hot.in_flight.load(Ordering::SeqCst),
+            head_started: hot.head_started.load(Ordering::SeqCst) != 0,
+            unflushed: self.unflushed.load(Ordering::SeqCst),
+            read_in_flight: hot.read_in_flight.load(Ordering::SeqCst),
         }
-        if hot.in_flight.load(Ordering::SeqCst) > 0
-            || hot.head_started.load(Ordering::SeqCst) != 0
-            || self.unflushed.load(Ordering::SeqCst)
-        {
-            return Movable::Later;
-        }
-        if hot.read_in_flight.load(Ordering::SeqCst) {
-            // Bytes came while the last request was in flight: its body, or
-            // a next request hyper may hold. Not knowing, it drains here,
-            // as in a stop, rather than wait for a request that may never
-            // come.
-            return Movable::Never;
-        }
-        Movable::Now
     }
 
     /// What the policy needs to know of the connection's activity, now.
