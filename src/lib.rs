@@ -11,7 +11,9 @@
 //! - what "draining" means and who sees it: [`drain`];
 //! - serving and the drain's order and deadline: [`server`]; one connection's
 //!   keep-alive, timeouts and clean close: `connection`;
-//! - settings from flags, environment and file: [`settings`]; whether the
+//! - settings from flags, environment and file: [`settings`], each one
+//!   declared once in `settings/declared.rs` (flag, variable, key, default,
+//!   check, reload, its lines in the packaged file); whether the
 //!   connections they allow fit the file descriptor limit: `fds`;
 //! - signals as intents: `signals`; logs: `logging`;
 //! - the process from start to exit code: `lifecycle`;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::name::ServiceName;
-use crate::settings::ServiceSettings;
+use crate::settings::{Applies, DECLARED, ServiceSettings};
 
 /// `NAME units`: where to write, and what the packaged files should say.
 #[derive(Debug, Clone, Args)]
@@ -131,7 +131,9 @@ pub(crate) fn render<T: ServiceSettings>(
         return Err(RenderError::Listen(listen));
     }
     let section = service_section::<T>(name);
-    let vars: [(&str, &str); 6] = [
+    // The kit's settings first: their comments name {{name}} too.
+    let vars: [(&str, &str); 7] = [
+        ("{{kit_settings}}", &kit_settings()),
         ("{{name}}", name.as_str()),
         ("{{ENV}}", &name.env_prefix()),
         ("{{exec}}", &exec),
@@ -156,6 +158,27 @@ pub(crate) fn render<T: ServiceSettings>(
         .collect();
     files.extend(man_pages(name, cli).map_err(RenderError::Man)?);
     Ok(files)
+}
+
+/// The kit's settings in the packaged settings file, from their
+/// declarations: each one's comment, when a change applies, and its
+/// default, commented out.
+fn kit_settings() -> String {
+    let mut text = String::new();
+    for setting in DECLARED.iter().filter(|setting| !setting.file.is_empty()) {
+        text.push('\n');
+        for line in setting.file.lines() {
+            text.push_str(&format!("# {}\n", line.trim()));
+        }
+        text.push_str(match setting.applies {
+            Applies::OnReload => "# A reload applies it.\n",
+            Applies::AtRestart => {
+                "# A restart applies it ({{name}} rollout --restart), a reload does not.\n"
+            }
+        });
+        text.push_str(&format!("#{} = {}\n", setting.key, (setting.toml)()));
+    }
+    text
 }
 
 /// The service's own section of the settings file: its defaults, commented
@@ -328,9 +351,14 @@ mod tests {
             .map(|line| format!("{line}\n"))
             .collect();
         let keys = uncommented.lines().filter(|l| l.contains(" = ")).count();
+        let in_file = crate::settings::DECLARED
+            .iter()
+            .filter(|setting| !setting.file.is_empty())
+            .count();
         assert_eq!(
-            keys, 16,
-            "every kit setting but instance, and the service's two:\n{uncommented}"
+            keys,
+            in_file + 2,
+            "every kit setting the file shows, and the service's two:\n{uncommented}"
         );
         let from_file = SettingsFile::<Orders>::parse(path, &uncommented, "orders").unwrap();
         let resolve = |file| Settings::resolve(&ServeArgs::default(), file).unwrap();

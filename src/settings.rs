@@ -8,14 +8,22 @@
 //! only change what they leave unset. Every value is validated in one place
 //! and errors name the setting the way the file spells it; an unknown key,
 //! the kit's or the service's, is an error naming it.
+//!
+//! Each kit setting is declared once, in `declared.rs`; `kind.rs` says how
+//! each kind of value is read and written.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+mod declared;
+mod kind;
+
+pub(crate) use declared::{Applies, DECLARED};
+pub use declared::{FileSettings, ServeArgs};
 
 /// The address bound when systemd passes no socket.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -67,107 +75,6 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// Anything longer than this is a typo, not a timeout.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
-
-/// The serving flags. Each is also read from a `NAME_*` environment variable
-/// (the CLI adds them for the service's name) and from the settings file; the
-/// help text gives the default.
-#[doc(hidden)]
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// Settings file (TOML, keys as below with underscores), re-read on SIGHUP [default: none]
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// Address to bind when systemd passes no socket [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-
-    /// Instance name, in logs and `Context::instance()` (the units pass %i) [default: standalone]
-    #[arg(long, value_name = "NAME")]
-    pub instance: Option<String>,
-
-    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives [default: info]
-    #[arg(long, value_name = "FILTER")]
-    pub log_level: Option<String>,
-
-    /// Longest a drain may take before remaining connections are cut [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub drain_deadline: Option<Duration>,
-
-    /// While draining, how long an idle keep-alive connection may still send one last request [default: 1s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_grace: Option<Duration>,
-
-    /// How long a client has to send a complete request head once it starts one [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub header_read_timeout: Option<Duration>,
-
-    /// How long a connection may sit without a request before it is closed [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
-
-    /// Over how long a drain spreads the Close frames it sends its WebSockets, so siblings do not take every reconnect at once [default: 1s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub websocket_close_window: Option<Duration>,
-
-    /// The close code a drain sends each WebSocket: 1001 (Going Away), 1012 (Service Restart), 1000 or 1013 [default: 1001]
-    #[arg(long, value_name = "CODE")]
-    pub websocket_close_code: Option<u16>,
-
-    /// Oldest a connection may grow before it is asked to end (HTTP/2: GOAWAY; HTTP/1: its next response closes it), give or take 10%, so clients spread over the instances again; 0 or off: never [default: off]
-    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
-    pub max_connection_age: Option<Duration>,
-
-    /// Past the maximum age, how long an HTTP/2 connection's open streams have before the kit ends them (gRPC: UNAVAILABLE) [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_connection_age_grace: Option<Duration>,
-
-    /// Connections one instance serves at once; more wait in the socket's queue [default: 4096]
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-
-    /// Largest request head (request line and headers); larger gets 431 [default: 32768]
-    #[arg(long, value_name = "BYTES")]
-    pub max_header_bytes: Option<usize>,
-
-    /// Largest request body; a larger Content-Length gets 413 [default: 1048576]
-    #[arg(long, value_name = "BYTES")]
-    pub max_body_bytes: Option<u64>,
-
-    /// Refuse to start unless systemd passes a socket, instead of binding --listen (the units set it)
-    #[arg(long, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
-    pub require_socket: bool,
-}
-
-/// The kit's keys in the settings file; every one is optional.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-#[doc(hidden)]
-#[allow(missing_docs)] // internal (tests and fuzzing); the keys are ServeArgs's
-pub struct FileSettings {
-    pub listen: Option<SocketAddr>,
-    pub instance: Option<String>,
-    pub log_level: Option<String>,
-    #[serde(default, deserialize_with = "de_duration")]
-    pub drain_deadline: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    pub idle_grace: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    pub header_read_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    pub idle_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    pub websocket_close_window: Option<Duration>,
-    pub websocket_close_code: Option<u16>,
-    #[serde(default, deserialize_with = "de_age")]
-    pub max_connection_age: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    pub max_connection_age_grace: Option<Duration>,
-    pub max_connections: Option<usize>,
-    pub max_header_bytes: Option<usize>,
-    pub max_body_bytes: Option<u64>,
-    pub require_socket: Option<bool>,
-}
 
 /// The timeouts one connection obeys; they can change on reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,32 +219,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|err| format!("{err} (write a duration such as 10s or 500ms)"))
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-    duration::deserialize(de).map(Some)
-}
-
-/// A maximum age: a duration, or `0` / `off` for none (kept as zero until
-/// [`Settings::resolve`] turns it into `None`).
-fn parse_age(text: &str) -> Result<Duration, String> {
-    if text.trim().eq_ignore_ascii_case("off") {
-        return Ok(Duration::ZERO);
-    }
-    parse_duration(text).map_err(|err| format!("{err}, or off"))
-}
-
-fn de_age<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Age {
-        Seconds(u64),
-        Text(String),
-    }
-    match Age::deserialize(de)? {
-        Age::Seconds(secs) => Ok(Some(Duration::from_secs(secs))),
-        Age::Text(text) => parse_age(&text).map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
 /// A `Duration` in a service's own settings, written as the kit's are
 /// (`"10s"`, `"500ms"`, `"1m 30s"`, or a whole number of seconds):
 /// `#[serde(with = "handover::settings::duration")]`.
@@ -408,9 +289,8 @@ impl<T: ServiceSettings> SettingsFile<T> {
                 )));
             }
         };
-        let kit = table
-            .try_into()
-            .map_err(|e: toml::de::Error| parse(e.to_string()).with_section_hint(section))?;
+        let kit =
+            FileSettings::from_table(table).map_err(|e| parse(e).with_section_hint(section))?;
         Ok(Self { kit, service })
     }
 
@@ -471,201 +351,75 @@ impl<T: ServiceSettings> Loaded<T> {
 impl Settings {
     /// Flags (and environment) over the file over the defaults, then validated.
     pub fn resolve(args: &ServeArgs, file: &FileSettings) -> Result<Self, SettingsError> {
-        let drain_deadline = args
-            .drain_deadline
-            .or(file.drain_deadline)
-            .unwrap_or(DEFAULT_DRAIN_DEADLINE);
-        let settings = Settings {
-            config: args.config.clone(),
-            listen: args.listen.or(file.listen).unwrap_or_else(|| {
-                DEFAULT_LISTEN
-                    .parse()
-                    .expect("the default address is valid")
-            }),
-            instance: args
-                .instance
-                .clone()
-                .or_else(|| file.instance.clone())
-                .unwrap_or_else(|| DEFAULT_INSTANCE.to_owned()),
-            log_level: args
-                .log_level
-                .clone()
-                .or_else(|| file.log_level.clone())
-                .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
-            drain_deadline,
-            timeouts: ConnectionTimeouts {
-                header_read: args
-                    .header_read_timeout
-                    .or(file.header_read_timeout)
-                    .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
-                idle: args
-                    .idle_timeout
-                    .or(file.idle_timeout)
-                    .unwrap_or(DEFAULT_IDLE_TIMEOUT),
-                idle_grace: args
-                    .idle_grace
-                    .or(file.idle_grace)
-                    .unwrap_or(DEFAULT_IDLE_GRACE),
-                websocket_close_window: args
-                    .websocket_close_window
-                    .or(file.websocket_close_window)
-                    // Unset, it fits any deadline: a short one is no error.
-                    .unwrap_or(DEFAULT_WEBSOCKET_CLOSE_WINDOW.min(drain_deadline / 2)),
-                websocket_close_code: args
-                    .websocket_close_code
-                    .or(file.websocket_close_code)
-                    .unwrap_or(DEFAULT_WEBSOCKET_CLOSE_CODE),
-                max_connection_age: match args.max_connection_age.or(file.max_connection_age) {
-                    Some(age) if age.is_zero() => None,
-                    Some(age) => Some(age),
-                    None => DEFAULT_MAX_CONNECTION_AGE,
-                },
-                max_connection_age_grace: args
-                    .max_connection_age_grace
-                    .or(file.max_connection_age_grace)
-                    .unwrap_or(DEFAULT_MAX_CONNECTION_AGE_GRACE),
-            },
-            require_socket: args.require_socket || file.require_socket.unwrap_or(false),
-            limits: Limits {
-                max_connections: args
-                    .max_connections
-                    .or(file.max_connections)
-                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-                max_header_bytes: args
-                    .max_header_bytes
-                    .or(file.max_header_bytes)
-                    .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
-                max_body_bytes: args
-                    .max_body_bytes
-                    .or(file.max_body_bytes)
-                    .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            },
-        };
+        let given = args.over(file);
+        let mut settings = Settings::unfilled(args.config.clone());
+        settings.fill(&given)?;
+        if given.websocket_close_window.is_none() {
+            // Unset, it fits any deadline: a short one is no error.
+            let window = &mut settings.timeouts.websocket_close_window;
+            *window = (*window).min(settings.drain_deadline / 2);
+        }
         settings.validate()?;
         Ok(settings)
     }
 
+    /// Every field before the declarations fill it (see `declared.rs`):
+    /// zeros and empty text, which each setting's check would refuse, so a
+    /// field no declaration fills cannot pass for a default.
+    fn unfilled(config: Option<PathBuf>) -> Self {
+        Settings {
+            config,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            require_socket: false,
+            instance: String::new(),
+            log_level: String::new(),
+            drain_deadline: Duration::ZERO,
+            timeouts: ConnectionTimeouts {
+                header_read: Duration::ZERO,
+                idle: Duration::ZERO,
+                idle_grace: Duration::ZERO,
+                websocket_close_window: Duration::ZERO,
+                websocket_close_code: 0,
+                max_connection_age: None,
+                max_connection_age_grace: Duration::ZERO,
+            },
+            limits: Limits {
+                max_connections: 0,
+                max_header_bytes: 0,
+                max_body_bytes: 0,
+            },
+        }
+    }
+
+    /// What one setting's own check cannot see: how settings bound each other.
     fn validate(&self) -> Result<(), SettingsError> {
-        let invalid = |name, value: String, reason: &str| SettingsError::Invalid {
-            name,
-            value,
-            reason: reason.to_owned(),
+        let shorter_than_drain = |name, value: Duration, why: &str| {
+            if value < self.drain_deadline {
+                return Ok(());
+            }
+            Err(SettingsError::Invalid {
+                name,
+                value: humantime::format_duration(value).to_string(),
+                reason: format!("must be shorter than drain_deadline, or {why}"),
+            })
         };
-        let durations = [
-            ("drain_deadline", self.drain_deadline),
-            ("idle_grace", self.timeouts.idle_grace),
-            ("header_read_timeout", self.timeouts.header_read),
-            ("idle_timeout", self.timeouts.idle),
-            (
-                "max_connection_age_grace",
-                self.timeouts.max_connection_age_grace,
-            ),
-        ];
-        for (name, value) in durations {
-            let shown = humantime::format_duration(value).to_string();
-            if value.is_zero() {
-                return Err(invalid(name, shown, "must be more than zero"));
-            }
-            if value > MAX_DURATION {
-                return Err(invalid(name, shown, "must be at most 1h"));
-            }
-        }
-        if let Some(age) = self.timeouts.max_connection_age
-            && !(MIN_CONNECTION_AGE..=MAX_CONNECTION_AGE).contains(&age)
-        {
-            return Err(invalid(
-                "max_connection_age",
-                humantime::format_duration(age).to_string(),
-                "must be from 1s to 7days, or off",
-            ));
-        }
-        if self.timeouts.websocket_close_window >= self.drain_deadline {
-            return Err(invalid(
-                "websocket_close_window",
-                humantime::format_duration(self.timeouts.websocket_close_window).to_string(),
-                "must be shorter than drain_deadline, or the last WebSockets would be cut instead of closed",
-            ));
-        }
-        if !WEBSOCKET_CLOSE_CODES.contains(&self.timeouts.websocket_close_code) {
-            return Err(invalid(
-                "websocket_close_code",
-                self.timeouts.websocket_close_code.to_string(),
-                "must be 1001 (Going Away), 1012 (Service Restart), 1000 or 1013",
-            ));
-        }
-        if self.timeouts.idle_grace >= self.drain_deadline {
-            return Err(invalid(
-                "idle_grace",
-                humantime::format_duration(self.timeouts.idle_grace).to_string(),
-                "must be shorter than drain_deadline, or idle connections would hold every drain to its deadline",
-            ));
-        }
-        let limits = &self.limits;
-        if !(1..=MAX_CONNECTIONS).contains(&limits.max_connections) {
-            return Err(invalid(
-                "max_connections",
-                limits.max_connections.to_string(),
-                &format!("must be from 1 to {MAX_CONNECTIONS}"),
-            ));
-        }
-        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&limits.max_header_bytes) {
-            return Err(invalid(
-                "max_header_bytes",
-                limits.max_header_bytes.to_string(),
-                &format!("must be from {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"),
-            ));
-        }
-        if self.instance.is_empty() || self.instance.chars().any(char::is_control) {
-            return Err(invalid(
-                "instance",
-                self.instance.clone(),
-                "must be non-empty printable text",
-            ));
-        }
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
-            return Err(invalid(
-                "log_level",
-                self.log_level.clone(),
-                &format!("not a log filter: {err}"),
-            ));
-        }
-        Ok(())
+        shorter_than_drain(
+            "websocket_close_window",
+            self.timeouts.websocket_close_window,
+            "the last WebSockets would be cut instead of closed",
+        )?;
+        shorter_than_drain(
+            "idle_grace",
+            self.timeouts.idle_grace,
+            "idle connections would hold every drain to its deadline",
+        )
     }
 
     /// The settings a reload applies: `next`, but with the settings only a
     /// restart applies kept at their current value. Returns their names too,
     /// where they changed, for the log.
     pub(crate) fn reloaded(&self, mut next: Self) -> (Self, Vec<&'static str>) {
-        let mut restart_only = Vec::new();
-        if next.listen != self.listen {
-            restart_only.push("listen");
-            next.listen = self.listen;
-        }
-        if next.instance != self.instance {
-            restart_only.push("instance");
-            next.instance = self.instance.clone();
-        }
-        if next.require_socket != self.require_socket {
-            restart_only.push("require_socket");
-            next.require_socket = self.require_socket;
-        }
-        let (old, new) = (self.limits, next.limits);
-        for (name, changed) in [
-            (
-                "max_connections",
-                old.max_connections != new.max_connections,
-            ),
-            (
-                "max_header_bytes",
-                old.max_header_bytes != new.max_header_bytes,
-            ),
-            ("max_body_bytes", old.max_body_bytes != new.max_body_bytes),
-        ] {
-            if changed {
-                restart_only.push(name);
-            }
-        }
-        next.limits = self.limits;
+        let restart_only = self.keep_restart_only(&mut next);
         (next, restart_only)
     }
 }
@@ -793,7 +547,7 @@ mod tests {
             .to_string();
         assert!(err.contains("max_connection_age_grace"), "{err}");
         let flag = ServeArgs {
-            max_connection_age: Some(parse_age("off").unwrap()),
+            max_connection_age: Some(None),
             ..Default::default()
         };
         let from_flag = Settings::resolve(&flag, &file("max_connection_age = \"1h\"").unwrap());
