@@ -293,7 +293,7 @@ async fn http2_through_ten_rollouts_fails_no_stream() {
     assert!(
         runs.is_empty() || !served.is_empty(),
         "no h2load request in the journal: this test counts what the server processed \
-         from the app's debug line for each request (\"request\", target app::routes)"
+         from the app's debug line for each request (\"request\", target app)"
     );
     let (mut total, mut succeeded, mut not_started, mut not_sent, mut lost) = (0, 0, 0, 0, 0);
     for (n, run) in runs.iter().enumerate() {

@@ -388,7 +388,7 @@ async fn client(
 }
 
 /// The requests the reference app logged (`"request"`, at debug level for
-/// its `app::routes` target) whose URI's query is `KEY=VALUE`, counted by
+/// its `app` target, the app crate's library) whose URI's query is `KEY=VALUE`, counted by
 /// VALUE: what the server processed, for each tagged run or connection of
 /// a client. The box's journald must not rate-limit (see
 /// [`JOURNALD_UNLIMITED`]).
@@ -416,4 +416,4 @@ pub const JOURNALD_UNLIMITED: (&str, &str) = (
 
 /// Settings that log each request the reference app serves, and nothing
 /// else beyond the default.
-pub const LOG_REQUESTS: &str = "log_level = \"info,app::routes=debug\"\n";
+pub const LOG_REQUESTS: &str = "log_level = \"info,app=debug\"\n";
