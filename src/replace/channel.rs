@@ -105,6 +105,17 @@ impl Channel {
 
     /// The next message and the fds that came with it; `None` once the
     /// other side has closed its end (or exited).
+    /// Sends `bytes` as they are, not as a message: for tests of what a
+    /// broken peer sends.
+    #[cfg(test)]
+    pub(crate) fn send_raw(&self, bytes: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(
+            self.fd.get_ref(),
+            bytes,
+            SendFlags::empty(),
+        )?)
+    }
+
     pub(crate) async fn recv(&self) -> Result<Option<(Message, Vec<OwnedFd>)>, ChannelError> {
         let mut fds = Vec::new();
         let mut message = Vec::new();

@@ -30,10 +30,14 @@
 //! - [`wire`]: the messages, as bytes;
 //! - [`channel`]: the socketpair, with fds attached;
 //! - [`control`]: `NAME replace PID`, which asks and waits for the answer;
-//! - this module: both processes' sides of the exchange.
+//! - [`exchange`]: the old process's side of the exchange, as a pure state
+//!   machine;
+//! - this module: the shells around it (spawning, the channel, systemd),
+//!   and the new process's side.
 
 pub(crate) mod channel;
 pub(crate) mod control;
+mod exchange;
 pub(crate) mod wire;
 
 use std::io;
@@ -49,6 +53,7 @@ use tokio::time::Instant;
 use crate::listeners::Listener;
 use crate::notify::{Notifier, NotifyState};
 use channel::{Channel, ChannelError};
+use exchange::{Event, Exchange, Step};
 use wire::Message;
 
 /// Tells the new process where its end of the channel is: `FD:PID`, with
@@ -128,25 +133,6 @@ impl Drop for Spawned {
     }
 }
 
-/// The next message, or why none came: the new process exited (its end
-/// of the channel closed), or the bound passed.
-async fn expect(
-    channel: &Channel,
-    want: &'static str,
-    until: Instant,
-) -> Result<(Message, Vec<OwnedFd>), ReplaceError> {
-    tokio::select! {
-        received = channel.recv() => match received? {
-            Some(received) => Ok(received),
-            None => Err(ReplaceError::Exited),
-        },
-        () = tokio::time::sleep_until(until) => {
-            tracing::debug!(want, "no message from the new process in time");
-            Err(ReplaceError::NotReady(READY_WITHIN))
-        }
-    }
-}
-
 /// Starts the binary on disk with this process's arguments, waits until it
 /// is ready, passes it `listeners`, and once it serves on them makes it
 /// the unit's main process. On any error the new process is killed and
@@ -186,73 +172,103 @@ pub(crate) async fn start_successor(
         source,
     })?;
     let channel = Arc::new(Channel::new(ours).map_err(ReplaceError::Setup)?);
-    // Spawned (from the intermediate) and Hello (from the new process) come
-    // in either order: a quick new process may say Hello first.
-    let mut spawned: Option<Spawned> = None;
-    let mut hello = None;
-    let (mut spawned, takes_connections) = loop {
-        if let Some(takes_connections) = hello
-            && let Some(spawned) = spawned.take()
-        {
-            break (spawned, takes_connections);
-        }
-        match expect(&channel, "Spawned and Hello", until).await {
-            Ok((Message::Spawned { pid }, _)) if spawned.is_none() => {
-                spawned = Some(Spawned {
-                    pid,
-                    took_over: false,
-                });
-                // Once the intermediate has exited, the new process is
-                // systemd's child.
-                let status = tokio::time::timeout_at(until, intermediate.wait())
-                    .await
-                    .map_err(|_| ReplaceError::NotReady(READY_WITHIN))?
-                    .map_err(ReplaceError::Setup)?;
-                if !status.success() {
-                    return Err(ReplaceError::Intermediate(status));
-                }
-                tracing::info!(pid, exe = %exe.display(), "started the new process");
-            }
-            Ok((
-                Message::Hello {
-                    version,
-                    takes_connections,
-                },
-                _,
-            )) if hello.is_none() => {
-                tracing::debug!(version, takes_connections, "the new process is ready");
-                hello = Some(takes_connections);
-            }
-            Ok((other, _)) => return Err(unexpected("Spawned and Hello", &other)),
-            Err(ReplaceError::Exited) if spawned.is_none() => {
-                // The intermediate exited without starting the new process.
-                let status = intermediate.wait().await.map_err(ReplaceError::Setup)?;
-                return Err(ReplaceError::Intermediate(status));
-            }
-            Err(err) => return Err(err),
-        }
-    };
-    let watchdog_usec = watchdog.map_or(0, |w| w.as_micros() as u64);
-    channel
-        .send(&Message::Listeners { watchdog_usec }, listeners)
-        .await?;
-    match expect(&channel, "Serving", until).await? {
-        (Message::Serving, _) => {}
-        (other, _) => return Err(unexpected("Serving", &other)),
-    }
-    // One datagram: systemd never sees the new main process without READY=1.
-    notifier.notify(&[
-        NotifyState::MainPid(spawned.pid),
-        NotifyState::Ready,
-        NotifyState::Status(status),
-    ]);
-    spawned.took_over = true;
-    channel.send(&Message::Main, &[]).await?;
-    Ok(Successor {
-        pid: spawned.pid,
+    tracing::debug!(exe = %exe.display(), "starting the new process");
+    exchange(
         channel,
-        takes_connections,
-    })
+        intermediate.wait(),
+        listeners,
+        watchdog,
+        until,
+        |pid| {
+            // One datagram: systemd never sees the new main process without READY=1.
+            notifier.notify(&[
+                NotifyState::MainPid(pid),
+                NotifyState::Ready,
+                NotifyState::Status(status),
+            ]);
+        },
+    )
+    .await
+}
+
+/// The exchange's shell: feeds [`exchange::Exchange`] what the channel, the
+/// intermediate process and the clock say, and does what it answers.
+/// `announce` tells systemd the new process is the main one. Spawning is
+/// the caller's, so tests run this over a socketpair, in-process.
+async fn exchange(
+    channel: Arc<Channel>,
+    intermediate: impl Future<Output = io::Result<ExitStatus>>,
+    listeners: &[BorrowedFd<'_>],
+    watchdog: Option<Duration>,
+    until: Instant,
+    announce: impl FnOnce(u32),
+) -> Result<Successor, ReplaceError> {
+    let mut machine = Exchange::default();
+    // Kills the new process on any way out but success.
+    let mut guard: Option<Spawned> = None;
+    let mut intermediate = std::pin::pin!(intermediate);
+    let (mut open, mut intermediate_running) = (true, true);
+    loop {
+        let event = tokio::select! {
+            // What is in the channel was sent before the intermediate
+            // exited (it sends Spawned, then exits): read it first.
+            biased;
+            received = channel.recv(), if open => match received.map_err(peer_gone) {
+                Ok(Some((message, _fds))) => Event::Received(message),
+                // A peer that closes with our message unread resets the
+                // channel instead of ending it: gone either way.
+                Ok(None) | Err(ReplaceError::Exited) => {
+                    open = false;
+                    Event::Closed
+                }
+                Err(err) => return Err(err),
+            },
+            status = &mut intermediate, if intermediate_running => {
+                intermediate_running = false;
+                Event::IntermediateExited(status.map_err(ReplaceError::Setup)?)
+            }
+            () = tokio::time::sleep_until(until) => Event::TimedOut,
+        };
+        if let Event::Received(message @ Message::Hello { .. }) = &event {
+            tracing::debug!(?message, "the new process is ready");
+        }
+        let step = machine.on(event);
+        if guard.is_none()
+            && let Some(pid) = machine.spawned()
+        {
+            tracing::info!(pid, "started the new process");
+            guard = Some(Spawned {
+                pid,
+                took_over: false,
+            });
+        }
+        match step {
+            Step::Wait => {}
+            Step::SendListeners => {
+                let watchdog_usec = watchdog.map_or(0, |w| w.as_micros() as u64);
+                channel
+                    .send(&Message::Listeners { watchdog_usec }, listeners)
+                    .await
+                    .map_err(peer_gone)?;
+            }
+            Step::Announce {
+                pid,
+                takes_connections,
+            } => {
+                announce(pid);
+                if let Some(guard) = &mut guard {
+                    guard.took_over = true;
+                }
+                channel.send(&Message::Main, &[]).await?;
+                return Ok(Successor {
+                    pid,
+                    channel,
+                    takes_connections,
+                });
+            }
+            Step::Fail(err) => return Err(err),
+        }
+    }
 }
 
 /// The intermediate process's whole life: when this process was started as
@@ -297,6 +313,22 @@ pub(crate) fn intermediate() -> Option<std::process::ExitCode> {
         return fail("cannot tell the old process", &err);
     }
     Some(std::process::ExitCode::SUCCESS)
+}
+
+/// A send that failed because the new process's end is closed: it exited,
+/// which is what the operator needs to hear, not "the channel failed".
+fn peer_gone(err: ChannelError) -> ReplaceError {
+    match &err {
+        ChannelError::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            ReplaceError::Exited
+        }
+        _ => ReplaceError::Channel(err),
+    }
 }
 
 fn unexpected(want: &'static str, got: &Message) -> ReplaceError {
@@ -465,5 +497,287 @@ impl Predecessor {
             connections = taken,
             "the old process has exited; took its connections"
         );
+    }
+}
+
+/// The exchange in-process, over a real socketpair: a fake new process on
+/// the other end, scripted to speak in either order, out of turn, or to
+/// die at each step, and a real process (`sleep`) standing for the new
+/// one, to see it killed when the reload fails.
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Child, Command};
+
+    use super::*;
+
+    /// What the fake new process does, one step at a time.
+    #[derive(Debug, Clone, Copy)]
+    enum Act {
+        Spawned,
+        Hello,
+        /// Waits for Listeners, checking it carries the one listener.
+        TakeListeners,
+        Serving,
+        /// Waits for Main.
+        TakeMain,
+        /// Sends a message out of turn.
+        Send(&'static str),
+        /// Sends bytes that are not a message.
+        Garbage,
+        /// Keeps its end open, saying nothing, until the old side closes its own.
+        Linger,
+    }
+
+    struct Run {
+        result: Result<Successor, ReplaceError>,
+        announced: Option<u32>,
+        /// How the stand-in for the new process ended, if it was killed.
+        killed: bool,
+    }
+
+    fn stand_in() -> Child {
+        Command::new("sleep").arg("30").spawn().unwrap()
+    }
+
+    /// Runs the old side against `acts`; the fake side then closes its end
+    /// (it "exits"). The intermediate exits with `intermediate` at once.
+    async fn run(acts: &[Act], intermediate: i32, within: Duration) -> Run {
+        let (ours, theirs) = channel::pair().unwrap();
+        let ours = Arc::new(Channel::new(ours).unwrap());
+        let theirs = Channel::new(theirs).unwrap();
+        let mut new_process = stand_in();
+        let pid = new_process.id();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let acts = acts.to_vec();
+        // The intermediate exits once it has sent Spawned, as the real one does.
+        let (exit, exited) = tokio::sync::oneshot::channel::<()>();
+        let mut exit = Some(exit);
+        // A send that fails is the old side gone: the fake stops there.
+        let fake = tokio::spawn(async move {
+            for act in acts {
+                let sent = match act {
+                    Act::Spawned => theirs.send(&Message::Spawned { pid }, &[]).await,
+                    Act::Hello => {
+                        let hello = Message::Hello {
+                            version: wire::VERSION,
+                            takes_connections: true,
+                        };
+                        theirs.send(&hello, &[]).await
+                    }
+                    Act::TakeListeners => match theirs.recv().await.unwrap() {
+                        Some((Message::Listeners { .. }, fds)) => {
+                            assert_eq!(fds.len(), 1);
+                            Ok(())
+                        }
+                        other => panic!("wanted Listeners, got {other:?}"),
+                    },
+                    Act::Serving | Act::Send("Serving") => {
+                        theirs.send(&Message::Serving, &[]).await
+                    }
+                    Act::TakeMain => {
+                        let main = theirs.recv().await.unwrap();
+                        assert!(matches!(main, Some((Message::Main, _))), "{main:?}");
+                        Ok(())
+                    }
+                    Act::Send(_) => theirs.send(&Message::Main, &[]).await,
+                    Act::Garbage => theirs.send_raw(b"nonsense").map(drop).map_err(Into::into),
+                    Act::Linger => {
+                        let _ = theirs.recv().await;
+                        Ok(())
+                    }
+                };
+                if matches!(act, Act::Spawned)
+                    && let Some(exit) = exit.take()
+                {
+                    let _ = exit.send(());
+                }
+                if sent.is_err() {
+                    break;
+                }
+            }
+            // The fake "exits": its end closes, and the intermediate is
+            // surely gone by now.
+            drop(theirs);
+            if let Some(exit) = exit.take() {
+                let _ = exit.send(());
+            }
+        });
+        let status = ExitStatus::from_raw(intermediate << 8);
+        let mut announced = None;
+        let result = exchange(
+            ours,
+            async move {
+                let _ = exited.await;
+                Ok(status)
+            },
+            &[listener.as_fd()],
+            Some(Duration::from_secs(1)),
+            Instant::now() + within,
+            |pid| announced = Some(pid),
+        )
+        .await;
+        fake.await.unwrap();
+        // Killed by the exchange, or ended here with SIGTERM: the signal
+        // it died of says which, without a race (a SIGKILL sent before is
+        // already pending, and wins).
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&new_process),
+            rustix::process::Signal::TERM,
+        );
+        let status = tokio::task::spawn_blocking(move || new_process.wait().unwrap())
+            .await
+            .unwrap();
+        let killed = status.signal() == Some(9);
+        Run {
+            result,
+            announced,
+            killed,
+        }
+    }
+
+    use Act::*;
+    use std::os::fd::AsFd;
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn either_order_of_spawned_and_hello_ends_with_the_new_process_main() {
+        for acts in [
+            [Spawned, Hello, TakeListeners, Serving, TakeMain],
+            [Hello, Spawned, TakeListeners, Serving, TakeMain],
+        ] {
+            let run = run(&acts, 0, LONG).await;
+            let successor = run.result.unwrap_or_else(|err| panic!("{acts:?}: {err}"));
+            assert!(successor.takes_connections);
+            assert_eq!(run.announced, Some(successor.pid), "{acts:?}");
+            assert!(!run.killed, "{acts:?}: the successor must live");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_process_that_dies_at_any_step_is_a_failed_reload() {
+        let cases: [(&[Act], &str); 4] = [
+            (&[], "the process that starts the new one failed"),
+            (&[Spawned], "exited before it was ready"),
+            (&[Spawned, Hello], "exited before it was ready"),
+            (
+                &[Spawned, Hello, TakeListeners],
+                "exited before it was ready",
+            ),
+        ];
+        for (acts, reason) in cases {
+            let run = run(acts, 0, LONG).await;
+            let Err(err) = run.result else {
+                panic!("{acts:?}: a reload that cannot have worked worked")
+            };
+            assert!(err.to_string().contains(reason), "{acts:?}: {err}");
+            assert_eq!(run.announced, None, "{acts:?}");
+            if !acts.is_empty() {
+                assert!(run.killed, "{acts:?}: the new process was left running");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_intermediate_fails_the_reload_and_kills_what_it_started() {
+        let run = run(&[Spawned, Hello, Linger], 3, LONG).await;
+        let err = run.result.err().expect("must fail");
+        assert!(err.to_string().contains("exit status: 3"), "{err}");
+        assert!(run.killed);
+    }
+
+    #[tokio::test]
+    async fn out_of_turn_or_garbage_is_a_failed_reload_and_a_killed_process() {
+        let cases: [(&[Act], &str); 3] = [
+            (
+                &[Spawned, Send("Serving")],
+                "sent Serving where Spawned and Hello",
+            ),
+            (
+                &[Spawned, Hello, TakeListeners, Send("Main")],
+                "sent Main where Serving was due",
+            ),
+            (&[Spawned, Garbage], "not a handover message"),
+        ];
+        for (acts, reason) in cases {
+            let run = run(acts, 0, LONG).await;
+            let err = run.result.err().expect("must fail");
+            let chain = crate::error_chain(&err);
+            assert!(chain.contains(reason), "{acts:?}: {chain}");
+            assert!(run.killed, "{acts:?}");
+        }
+    }
+
+    /// The new process's side: it takes the listeners and waits to be
+    /// main, and anything else from the old side is an error naming it.
+    #[tokio::test]
+    async fn the_new_side_takes_listeners_then_main_and_refuses_anything_else() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let old_side = |first: Option<Message>, then: Option<Message>| {
+            let (ours, theirs) = channel::pair().unwrap();
+            let ours = Channel::new(ours).unwrap();
+            let fd = listener.as_fd().try_clone_to_owned().unwrap();
+            let old = tokio::spawn(async move {
+                let hello = ours.recv().await.unwrap();
+                assert!(
+                    matches!(hello, Some((Message::Hello { .. }, _))),
+                    "{hello:?}"
+                );
+                if let Some(first) = first {
+                    ours.send(&first, &[fd.as_fd()]).await.unwrap();
+                }
+                if let Some(then) = then {
+                    let serving = ours.recv().await.unwrap();
+                    assert!(
+                        matches!(serving, Some((Message::Serving, _))),
+                        "{serving:?}"
+                    );
+                    ours.send(&then, &[]).await.unwrap();
+                }
+                // Held until the new side is done with it.
+                let _ = ours.recv().await;
+            });
+            (Predecessor::new(theirs).unwrap(), old)
+        };
+
+        let listeners = Message::Listeners { watchdog_usec: 0 };
+        let (new, old) = old_side(Some(listeners.clone()), Some(Message::Main));
+        let (taken, watchdog) = new.take_listeners(true).await.unwrap();
+        assert_eq!((taken.len(), watchdog), (1, None));
+        new.become_main().await.unwrap();
+        drop(new);
+        old.await.unwrap();
+
+        let (new, old) = old_side(Some(Message::Main), None);
+        let err = new.take_listeners(true).await.expect_err("Main first");
+        assert!(
+            err.to_string()
+                .contains("sent Main where Listeners was due"),
+            "{err}"
+        );
+        drop(new);
+        old.await.unwrap();
+
+        let (new, old) = old_side(Some(listeners.clone()), Some(Message::Serving));
+        new.take_listeners(false).await.unwrap();
+        let err = new.become_main().await.expect_err("Serving is not Main");
+        assert!(err.to_string().contains("where Main was due"), "{err}");
+        drop(new);
+        old.await.unwrap();
+
+        // The old process gone before it sent anything.
+        let (ours, theirs) = channel::pair().unwrap();
+        drop(ours);
+        let new = Predecessor::new(theirs).unwrap();
+        assert!(new.take_listeners(true).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_new_process_that_never_says_hello_is_killed_at_the_bound() {
+        let run = run(&[Spawned, Linger], 0, Duration::from_millis(300)).await;
+        let err = run.result.err().expect("must fail");
+        assert!(err.to_string().contains("was not ready within"), "{err}");
+        assert!(run.killed);
     }
 }
