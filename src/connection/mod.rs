@@ -30,6 +30,7 @@ mod policy;
 mod streams;
 mod tracking;
 mod websocket;
+mod word;
 
 use std::future::{Future, poll_fn};
 use std::os::fd::{AsFd, AsRawFd, RawFd};

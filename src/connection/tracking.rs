@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use super::moving::Facts;
 use super::policy::{Activity, Policy, Protocol};
 use super::streams::{H2Stream, StreamCutoff};
 use super::websocket::{self, OutgoingFrames};
+use super::word::{Flag, Word};
 use crate::drain;
 use crate::readiness::ReadinessCheck;
 
@@ -55,21 +56,11 @@ pub(super) struct Shared {
     pub changed: Notify,
     /// Whether the server drains: a response produced then closes HTTP/1.
     drain: drain::Watch,
-    /// Set once the connection is upgraded: writes then go through `ws`.
-    upgraded: AtomicBool,
+    /// The service's writes once upgraded to a WebSocket (`Flag::WEBSOCKET`).
     ws: Mutex<WsOut>,
-    /// A response ended and hyper has not yet flushed it to the socket.
-    unflushed: AtomicBool,
-    /// The connection is to move to a new process at its next boundary:
-    /// a response ending and its flush wake the task.
-    moving: AtomicBool,
-    /// The connection drains here although the process hands over.
-    stays: AtomicBool,
     /// Ends the HTTP/2 streams still open shortly before the drain deadline,
     /// or when the connection is past its maximum age and grace.
     cutoff: StreamCutoff,
-    /// Past its maximum age: an HTTP/1 response then closes the connection.
-    retired: AtomicBool,
 }
 
 pub(super) struct State {
@@ -86,24 +77,11 @@ pub(super) struct State {
 struct Hot {
     epoch: Instant,
     epoch_nanos: u64,
-    in_flight: AtomicU32,
+    /// The requests in flight and every flag ([`Flag`]), in one word.
+    word: Word,
     /// When the head in progress began, plus one; 0 when none is.
     head_started: AtomicU64,
     idle_since: AtomicU64,
-    /// Whether the client has sent anything at all.
-    heard: AtomicBool,
-    /// The protocol is HTTP/1 (or not known yet).
-    http1: AtomicBool,
-    /// The policy may bring the next action forward (`Policy::may_hurry`):
-    /// a response ending then asks whether to wake the task. Kept by the
-    /// task each time it arms its timer.
-    hurry: AtomicBool,
-    /// Bytes arrived while the current request was in flight: its body,
-    /// or the next request ahead of its turn, perhaps in hyper's buffer.
-    read_in_flight: AtomicBool,
-    /// An HTTP/1 request began from bytes read before its turn: the client
-    /// pipelines, so hyper may hold bytes of its next request at any time.
-    pipelined: AtomicBool,
 }
 
 impl Hot {
@@ -115,14 +93,9 @@ impl Hot {
             // other way, so this way no time the policy computes is early
             // (a timeout fires up to two ticks late, never before it).
             epoch_nanos: coarse_nanos().saturating_sub(coarse_resolution()),
-            in_flight: AtomicU32::new(0),
+            word: Word::new(),
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
-            heard: AtomicBool::new(false),
-            http1: AtomicBool::new(true),
-            hurry: AtomicBool::new(false),
-            read_in_flight: AtomicBool::new(false),
-            pipelined: AtomicBool::new(false),
         }
     }
 
@@ -137,7 +110,7 @@ impl Hot {
     fn activity(&self) -> Activity {
         let head_started = self.head_started.load(Ordering::SeqCst);
         Activity {
-            in_flight: self.in_flight.load(Ordering::SeqCst) as usize,
+            in_flight: self.word.load().in_flight() as usize,
             idle_since: self.at(self.idle_since.load(Ordering::SeqCst)),
             head_started: (head_started != 0).then(|| self.at(head_started - 1)),
         }
@@ -244,19 +217,14 @@ impl Shared {
             hot: Hot::new(),
             changed: Notify::new(),
             drain,
-            upgraded: AtomicBool::new(false),
             ws: Mutex::new(WsOut::default()),
-            unflushed: AtomicBool::new(false),
-            moving: AtomicBool::new(false),
-            stays: AtomicBool::new(false),
-            retired: AtomicBool::new(false),
         }
     }
 
     /// The connection is past its maximum age: its next HTTP/1 response
     /// says `Connection: close`.
     pub(super) fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
+        self.hot.word.set(Flag::RETIRED);
     }
 
     /// Ends this connection's HTTP/2 streams still open, as the drain's
@@ -268,15 +236,14 @@ impl Shared {
     /// The connection waits to move to a new process: from now on the end
     /// of each response, and its flush, wake its task.
     pub(super) fn set_moving(&self) {
-        self.moving.store(true, Ordering::SeqCst);
+        self.hot.word.set(Flag::MOVING);
     }
 
     /// The connection will not move after all (upgraded, pipelining, or
     /// unsure of what hyper holds): it drains here, and its responses say
     /// `Connection: close`.
     pub(super) fn stop_moving(&self) {
-        self.stays.store(true, Ordering::SeqCst);
-        self.moving.store(false, Ordering::SeqCst);
+        self.hot.word.stay();
     }
 
     /// What the move decision ([`super::moving`]) reads of the connection
@@ -285,14 +252,16 @@ impl Shared {
     /// wrappers, on the same task or (a response's end) another.
     pub(super) fn move_facts(&self) -> Facts {
         let hot = &self.hot;
+        // One load: every fact but the head's start as of one instant.
+        let word = hot.word.load();
         Facts {
-            not_http1: !hot.http1.load(Ordering::SeqCst),
-            upgraded: self.upgraded.load(Ordering::SeqCst),
-            pipelined: hot.pipelined.load(Ordering::SeqCst),
-            in_flight: hot.in_flight.load(Ordering::SeqCst),
+            not_http1: word.has(Flag::NOT_HTTP1),
+            upgraded: word.has(Flag::WEBSOCKET),
+            pipelined: word.has(Flag::PIPELINED),
+            in_flight: word.in_flight(),
             head_started: hot.head_started.load(Ordering::SeqCst) != 0,
-            unflushed: self.unflushed.load(Ordering::SeqCst),
-            read_in_flight: hot.read_in_flight.load(Ordering::SeqCst),
+            unflushed: word.has(Flag::UNFLUSHED),
+            read_in_flight: word.has(Flag::READ_IN_FLIGHT),
         }
     }
 
@@ -303,19 +272,20 @@ impl Shared {
 
     /// Whether the client has sent anything at all.
     pub(super) fn heard(&self) -> bool {
-        self.hot.heard.load(Ordering::Relaxed)
+        self.hot.word.load().has(Flag::HEARD)
     }
 
     /// Keeps the hot path's copy of `Policy::may_hurry`: the task calls it
     /// with the lock held, each time it arms its timer.
     pub(super) fn set_hurry(&self, hurry: bool) {
-        self.hot.hurry.store(hurry, Ordering::SeqCst);
+        self.hot.word.put(Flag::HURRY, hurry);
     }
 
     /// Whether the connection drains in this process although it hands
     /// over: its responses then close it, as in a stop.
     fn drains_here(&self) -> bool {
-        self.stays.load(Ordering::SeqCst) || self.hot.pipelined.load(Ordering::SeqCst)
+        let word = self.hot.word.load();
+        word.has(Flag::STAYS) || word.has(Flag::PIPELINED)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -334,10 +304,12 @@ impl Shared {
             let mut state = self.lock();
             let websocket = state.websocket_accepted;
             state.policy.set_protocol(Protocol::Upgraded { websocket });
-            self.hot.http1.store(false, Ordering::SeqCst);
+            self.hot.word.set(Flag::NOT_HTTP1);
             websocket
         };
-        self.upgraded.store(websocket, Ordering::Release);
+        if websocket {
+            self.hot.word.set(Flag::WEBSOCKET);
+        }
         websocket
     }
 
@@ -381,15 +353,11 @@ impl Shared {
     /// action before the loop's timer, so they skip the check `update` makes.
     pub(super) fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
         let hot = &self.hot;
-        if version != Version::HTTP_2 {
-            // Every HTTP/1 head that arrives in its turn, after the previous
-            // response, marks `head_started` (`bytes_arrived`).
-            if hot.head_started.swap(0, Ordering::SeqCst) == 0 {
-                hot.pipelined.store(true, Ordering::SeqCst);
-            }
-            hot.read_in_flight.store(false, Ordering::SeqCst);
-        }
-        hot.in_flight.fetch_add(1, Ordering::SeqCst);
+        let http1 = version != Version::HTTP_2;
+        // Every HTTP/1 head that arrives in its turn, after the previous
+        // response, marks `head_started` (`bytes_arrived`).
+        let pipelined = http1 && hot.head_started.swap(0, Ordering::SeqCst) == 0;
+        hot.word.request_started(http1, pipelined);
         InFlight(self.clone())
     }
 
@@ -398,8 +366,8 @@ impl Shared {
     pub(super) fn protocol_found(&self, protocol: Protocol) {
         self.lock().policy.set_protocol(protocol);
         self.hot
-            .http1
-            .store(protocol == Protocol::Http1, Ordering::SeqCst);
+            .word
+            .put(Flag::NOT_HTTP1, protocol != Protocol::Http1);
         if protocol != Protocol::Http1 {
             self.hot.head_started.store(0, Ordering::SeqCst);
         }
@@ -409,14 +377,17 @@ impl Shared {
     /// head starts (or, during a request, its body or the next head comes).
     pub(super) fn bytes_arrived(&self) {
         let hot = &self.hot;
-        if !hot.heard.load(Ordering::Relaxed) {
-            hot.heard.store(true, Ordering::Relaxed);
+        let word = hot.word.load();
+        if !word.has(Flag::HEARD) {
+            hot.word.set(Flag::HEARD);
         }
-        if !hot.http1.load(Ordering::SeqCst) {
+        if word.has(Flag::NOT_HTTP1) {
             return;
         }
-        if hot.in_flight.load(Ordering::SeqCst) > 0 {
-            hot.read_in_flight.store(true, Ordering::SeqCst);
+        if word.in_flight() > 0 {
+            if !word.has(Flag::READ_IN_FLIGHT) {
+                hot.word.set(Flag::READ_IN_FLIGHT);
+            }
         } else if hot.head_started.load(Ordering::SeqCst) == 0 {
             hot.head_started.store(hot.now() + 1, Ordering::SeqCst);
         }
@@ -432,13 +403,12 @@ impl Drop for InFlight {
         // on the socket only at the next flush.
         let shared = &self.0;
         let hot = &shared.hot;
-        shared.unflushed.store(true, Ordering::SeqCst);
         // Stored by every response: the policy reads it only once none is
         // in flight, and then it is the last one's end.
         hot.idle_since.store(hot.now(), Ordering::SeqCst);
-        hot.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let wake = shared.moving.load(Ordering::SeqCst)
-            || (hot.hurry.load(Ordering::SeqCst) && shared.lock().needs_wake(&hot.activity()));
+        let word = hot.word.response_ended();
+        let wake = word.has(Flag::MOVING)
+            || (word.has(Flag::HURRY) && shared.lock().needs_wake(&hot.activity()));
         if wake {
             shared.changed.notify_one();
         }
@@ -509,7 +479,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let polled = Pin::new(self.io()).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(())))
             && buf.filled().len() > before
-            && !self.shared.upgraded.load(Ordering::Relaxed)
+            && !self.shared.hot.word.load().has(Flag::WEBSOCKET)
         {
             self.shared.bytes_arrived();
         }
@@ -559,7 +529,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.shared.upgraded.load(Ordering::Relaxed) {
+        if self.shared.hot.word.load().has(Flag::WEBSOCKET) {
             return self.poll_write_websocket(cx, buf);
         }
         Pin::new(self.io()).poll_write(cx, buf)
@@ -570,7 +540,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.shared.upgraded.load(Ordering::Relaxed) {
+        if self.shared.hot.word.load().has(Flag::WEBSOCKET) {
             let first = bufs
                 .iter()
                 .find(|b| !b.is_empty())
@@ -587,11 +557,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(self.io()).poll_flush(cx);
         // hyper flushes the IO only once its own write buffer is empty.
-        if matches!(polled, Poll::Ready(Ok(()))) && self.shared.unflushed.load(Ordering::Relaxed) {
-            self.shared.unflushed.store(false, Ordering::Release);
-            if self.shared.moving.load(Ordering::Acquire) {
-                self.shared.changed.notify_one();
-            }
+        if matches!(polled, Poll::Ready(Ok(())))
+            && let Some(before) = self.shared.hot.word.flushed()
+            && before.has(Flag::MOVING)
+        {
+            self.shared.changed.notify_one();
         }
         polled
     }
@@ -752,7 +722,7 @@ fn close_after(parts: &mut http::response::Parts, request_version: Version) {
 fn closes_after(shared: &Shared, version: Version) -> bool {
     version < Version::HTTP_2
         && (shared.drain.is_draining() && (!shared.drain.is_handing_over() || shared.drains_here())
-            || shared.retired.load(Ordering::Relaxed))
+            || shared.hot.word.load().has(Flag::RETIRED))
 }
 
 /// The kit's answer to the readiness check, without the service's.
