@@ -35,9 +35,6 @@
 //! and puts the same table into docs/figures.md between its `bench-results`
 //! markers. The machine is shared and noisy: compare the ratios of one run.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 // The newer sections, a file each; under benches/kit/ so cargo does not take
 // them for bench targets of their own.
 #[path = "kit/callgrind.rs"]

@@ -9,9 +9,6 @@
 //! Not part of `cargo test` or CI (it takes half an hour). It writes
 //! `benches/results/SOAK.md` after a full-length run.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -5,8 +5,6 @@
 //! journal lines carry its name, and its `.deb` installs, upgrades as a
 //! rolling in-place reload under load, and removes and purges cleanly.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

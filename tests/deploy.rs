@@ -1,8 +1,6 @@
 //! Acceptance tests under a real systemd booted by the harness, with the real
 //! unit files, the freshly built binary and real load over loopback.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,8 +1,6 @@
 //! In-process tests of the drain: the reference app served on 127.0.0.1:0,
 //! ended by a test-supplied shutdown instead of a signal.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use handover::settings::ConnectionTimeouts;

@@ -3,8 +3,6 @@
 //! drain from a clean one, and a stop that never waits past TimeoutStopSec=.
 //! The hang comes from the test build's fault switch (tests/support/fault.rs).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

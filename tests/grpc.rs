@@ -8,8 +8,6 @@
 //! message may be lost, duplicated or out of order, as grpcio counts them;
 //! and every drain must finish.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Instant;
 

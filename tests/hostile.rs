@@ -3,8 +3,6 @@
 //! `max_connections`, heads and bodies over their limits, and malformed
 //! requests. Each test prints what the well-behaved clients saw.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use handover::settings::Limits;

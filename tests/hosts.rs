@@ -6,8 +6,6 @@
 //! taken out of rotation and stopped entirely. The clients must see nothing
 //! of either.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

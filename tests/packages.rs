@@ -3,8 +3,6 @@
 //! cannot start, removal and purge. Each package manager runs the package's
 //! own scripts, as on a user's host.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,8 +1,6 @@
 //! The built `app` binary as a process: a notify socket bound by the test,
 //! real signals, and sockets passed by `systemd-socket-activate`.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::Command;

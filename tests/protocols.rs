@@ -3,8 +3,6 @@
 //! answers), HTTP/2 over cleartext (the graceful GOAWAY), and HTTP/1.0
 //! keep-alive. The reference app served on 127.0.0.1:0, ended by the test.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

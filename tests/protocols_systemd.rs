@@ -6,8 +6,6 @@
 //! keep-alive clients. Each asserts that nothing was lost, and reads from
 //! the journal that every drain finished, well before its deadline.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

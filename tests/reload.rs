@@ -2,8 +2,6 @@
 //! and moves its keep-alive connections to the new process, under a real
 //! systemd booted by the harness, with the real units and binary.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;

@@ -8,8 +8,6 @@
 //! `UPDATE_RENDERED=1 cargo test --test rendered` rewrites the committed
 //! files from the binaries instead of comparing them.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,8 +3,6 @@
 //! by `app replace PID` (what `ExecReload=` runs). tests/reload.rs runs the
 //! same under a booted systemd.
 
-mod support;
-
 use std::time::Duration;
 
 use support::process::{NotifySocket, Process, app_binary, path_str, served_address};

@@ -3,8 +3,6 @@
 //! clean instead of cutting connections at the deadline. Judged by clients
 //! we did not write: Python's grpcio and curl.
 
-mod support;
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -24,9 +24,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 
-use super::support::load::{Load, Sample};
-use super::support::systemd::SystemdBox;
 use super::{Window, local_addr, mib, ms, rss, verdict, window};
+use support::load::{Load, Sample};
+use support::systemd::SystemdBox;
 
 pub const CONNECTIONS: usize = 1_000;
 /// Handovers, each of a fresh process: the median is the figure.

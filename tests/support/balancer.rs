@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use super::process::{EVENT_LIMIT, free_port};
 
 pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("packaging/examples")
-        .join(name)
+    crate::root().join("packaging/examples").join(name)
 }
 
 /// Whether `program` runs here; when not, the reason (after the CI-aware skip).

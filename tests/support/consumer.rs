@@ -12,7 +12,7 @@ pub const NAME: &str = "orders";
 /// examples/orders: its crate, and the committed output of `orders units
 /// --out examples/orders` (systemd/, packaging/).
 pub fn crate_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/orders")
+    crate::root().join("examples/orders")
 }
 
 /// The debug build of `orders` (`cargo build -p orders`), built on first use.
@@ -34,9 +34,9 @@ pub fn example_binary(name: &str) -> PathBuf {
         &["--release"]
     };
     let out = Command::new(env!("CARGO"))
+        .arg("build")
         .args(release)
         .args([
-            "build",
             "--quiet",
             "--package",
             name,
@@ -44,7 +44,7 @@ pub fn example_binary(name: &str) -> PathBuf {
             name,
             "--message-format=json-render-diagnostics",
         ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(crate::root())
         .output()
         .expect("run cargo build");
     assert!(

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 pub fn fault_binary() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-injection");
+        let target = crate::target_tmpdir().join("fault-injection");
         let out = Command::new(env!("CARGO"))
             .args([
                 "build",
@@ -24,7 +24,7 @@ pub fn fault_binary() -> &'static Path {
             ])
             .arg("--target-dir")
             .arg(&target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(crate::root())
             .output()
             .expect("run cargo build");
         assert!(

@@ -29,8 +29,6 @@ pub struct Packages {
     pub broken: Built,
 }
 
-const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
-
 /// What the package tests need installed, or why they cannot run.
 fn missing_tool() -> Option<String> {
     let checks: [(&str, &[&str]); 4] = [
@@ -69,20 +67,14 @@ pub fn packages(test: &str) -> Option<&'static Packages> {
 }
 
 fn build_all() -> Result<Packages, String> {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
+    let root = crate::target_tmpdir().join("packages");
     // One target directory for every tree: dependencies build once, and the
     // developer's own target/release is left alone.
     let target = root.join("target");
     let version = package_version(
-        &std::fs::read_to_string(Path::new(MANIFEST_DIR).join("Cargo.toml"))
-            .map_err(|e| e.to_string())?,
+        &std::fs::read_to_string(crate::root().join("Cargo.toml")).map_err(|e| e.to_string())?,
     )?;
-    let current = build(
-        Path::new(MANIFEST_DIR),
-        &target,
-        &root.join("out/current"),
-        &version,
-    )?;
+    let current = build(crate::root(), &target, &root.join("out/current"), &version)?;
 
     let broken_version = bump(&version, 1)?;
     let tree = copy_tree(&root.join("tree-broken"), &broken_version)?;
@@ -159,7 +151,7 @@ pub fn copy_sources(dest: &Path) -> Result<(), String> {
     ];
     let status = Command::new("cp")
         .arg("-a")
-        .args(items.iter().map(|i| Path::new(MANIFEST_DIR).join(i)))
+        .args(items.iter().map(|i| crate::root().join(i)))
         .arg(dest)
         .status()
         .map_err(|e| format!("cp: {e}"))?;
@@ -317,7 +309,7 @@ pub fn consumer_debs(test: &str) -> Option<&'static ConsumerDebs> {
 
 fn build_consumer() -> Result<ConsumerDebs, String> {
     let name = super::consumer::NAME;
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
+    let root = crate::target_tmpdir().join("packages");
     let target = root.join("target");
     let manifest = super::consumer::crate_dir().join("Cargo.toml");
     let version = package_version(&std::fs::read_to_string(&manifest).map_err(|e| e.to_string())?)?;
@@ -332,7 +324,7 @@ fn build_consumer() -> Result<ConsumerDebs, String> {
             .args(extra)
             .arg("--output")
             .arg(&out)
-            .current_dir(MANIFEST_DIR)
+            .current_dir(crate::root())
             .env("CARGO_TARGET_DIR", &target)
             .output()
             .map_err(|e| format!("cargo deb: {e}"))?;

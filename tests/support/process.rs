@@ -44,6 +44,7 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
+    #[allow(clippy::new_without_default)] // it binds a socket: no default value
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");

@@ -7,13 +7,12 @@
 //! binary compile again. The copy's binary target is renamed `app-next`, so
 //! its output never lands on the fault build's `debug/app`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
 use super::packages::{bump, copy_sources, package_version};
 
-const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 /// The reference service's package, under the tree's root.
 const APP_MANIFEST: &str = "src/bin/app/Cargo.toml";
 
@@ -34,13 +33,13 @@ pub fn next_release() -> &'static Release {
 }
 
 fn build_next() -> Result<Release, String> {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let tmp = crate::target_tmpdir();
     let tree = tmp.join("reload-next-tree");
     let target = tmp.join("fault-injection");
     // The version is the workspace's (the root manifest); the binary
     // target is the app package's.
-    let manifest = std::fs::read_to_string(Path::new(MANIFEST_DIR).join("Cargo.toml"))
-        .map_err(|e| e.to_string())?;
+    let manifest =
+        std::fs::read_to_string(crate::root().join("Cargo.toml")).map_err(|e| e.to_string())?;
     let current = package_version(&manifest)?;
     let version = bump(&current, 1)?;
     copy_sources(&tree)?;

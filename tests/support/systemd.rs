@@ -51,9 +51,7 @@ pub fn can_boot(test: &str) -> bool {
 /// A duration the repository's unit file sets (`KEY=10s`); panics if it
 /// does not set it.
 pub fn unit_duration(unit: &str, key: &str) -> Duration {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("systemd")
-        .join(unit);
+    let path = crate::root().join("systemd").join(unit);
     let text = std::fs::read_to_string(&path).unwrap();
     let value = text
         .lines()
@@ -117,7 +115,7 @@ pub struct Install {
 impl Install {
     /// The project's units, `app` at /usr/bin/app, and a settings file.
     pub fn project(settings: &str) -> Self {
-        let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+        let units = crate::root().join("systemd");
         let mut copies: Vec<(PathBuf, PathBuf)> = UNITS
             .iter()
             .map(|u| (Path::new("/etc/systemd/system").join(u), units.join(u)))
