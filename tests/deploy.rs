@@ -1,33 +1,20 @@
 //! Acceptance tests under a real systemd booted by the harness, with the real
 //! unit files, the freshly built binary and real load over loopback.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::load::Load;
 use support::process::http_get;
 use support::service::{assert_no_loss, blocking, versions};
-use support::systemd::{Install, SystemdBox, can_boot, unit_duration};
+use support::systemd::{
+    APP_ONE, APP_TARGET, Install, SystemdBox, booted, booted_now, can_boot, unit_duration,
+};
 
 /// Each client starts a request at most this often.
 const PACE: Duration = Duration::from_millis(50);
 /// 200 concurrent clients, half keep-alive, half a new connection per request.
 const KEEP_ALIVE_CLIENTS: usize = 100;
 const NEW_CONN_CLIENTS: usize = 100;
-
-/// Boots a box with the project's units and settings, the socket on a free port.
-fn boot_with(settings: &str, extra: &[(&str, &str)]) -> (Arc<SystemdBox>, SocketAddr) {
-    let mut install = Install::project(settings);
-    for (path, contents) in extra {
-        install = install.file(path, contents);
-    }
-    SystemdBox::boot_on_free_port(install)
-}
-
-fn boot(settings: &str) -> (Arc<SystemdBox>, SocketAddr) {
-    boot_with(settings, &[])
-}
 
 /// `app rollout` inside the box: (success, output).
 fn rollout(sd: &SystemdBox, binary: &str, args: &[&str]) -> (bool, String) {
@@ -88,10 +75,9 @@ fn the_service_unit_is_hardened() {
 
 #[test]
 fn units_verify_cleanly_and_two_instances_serve() {
-    if !can_boot("units_verify_cleanly_and_two_instances_serve") {
+    let Some((sd, addr)) = booted_now(|| Install::project(""), &[]) else {
         return;
-    }
-    let (sd, addr) = boot("");
+    };
     let out = sd.run(
         "systemd-analyze",
         &[
@@ -124,11 +110,9 @@ fn units_verify_cleanly_and_two_instances_serve() {
 /// instance ends on a new process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_rollouts_under_load_lose_nothing() {
-    if !can_boot("ten_rollouts_under_load_lose_nothing") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let before = blocking(&sd, pids).await;
 
     let load = Load::start(addr, "/", KEEP_ALIVE_CLIENTS, NEW_CONN_CLIENTS, PACE);
@@ -167,11 +151,10 @@ async fn ten_rollouts_under_load_lose_nothing() {
 /// Acceptance 2: a 5 s request in flight on the instance being restarted completes.
 #[test]
 fn a_long_request_in_flight_survives_its_instance_restart() {
-    if !can_boot("a_long_request_in_flight_survives_its_instance_restart") {
+    let Some((sd, addr)) = booted_now(|| Install::project("log_level = \"debug\"\n"), APP_ONE)
+    else {
         return;
-    }
-    let (sd, addr) = boot("log_level = \"debug\"\n");
-    sd.systemctl_ok(&["start", "app.socket", "app@1.service"]);
+    };
     let mut journal = sd.follow_journal("app@1.service");
     let request = std::thread::spawn(move || http_get(addr, "/slow?ms=5000"));
     journal.wait_for_line(&["\"MESSAGE\":\"request\"", "/slow?ms=5000"]);
@@ -202,8 +185,14 @@ async fn a_broken_release_stops_the_rollout_and_the_sibling_serves() {
         "/etc/systemd/system/app@.service.d/test-start-timeout.conf",
         "[Service]\nTimeoutStartSec=3s\n",
     );
-    let (sd, addr) = boot_with("", &[fast_start_timeout]);
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    let Some((sd, addr)) = booted(
+        || Install::project("").file(fast_start_timeout.0, fast_start_timeout.1),
+        APP_TARGET,
+    )
+    .await
+    else {
+        return;
+    };
     // The rollout tool itself stays the good build.
     blocking(&sd, |sd| {
         sd.copy_in(
@@ -272,11 +261,9 @@ async fn a_broken_release_stops_the_rollout_and_the_sibling_serves() {
 /// socket's queue and are answered once an instance starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_wait_while_every_instance_is_down() {
-    if !can_boot("connections_wait_while_every_instance_is_down") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let before = blocking(&sd, pids).await;
     let load = Load::start(addr, "/", 20, 20, PACE);
     let started = Instant::now();
@@ -317,11 +304,14 @@ async fn connections_wait_while_every_instance_is_down() {
 /// serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_settings_without_dropping_requests() {
-    if !can_boot("reload_applies_settings_without_dropping_requests") {
+    let Some((sd, addr)) = booted(
+        || Install::project("[app]\nslow_max = \"60s\"\n"),
+        APP_TARGET,
+    )
+    .await
+    else {
         return;
-    }
-    let (sd, addr) = boot("[app]\nslow_max = \"60s\"\n");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let load = Load::start(addr, "/", 50, 50, PACE);
 
     let mut journals = blocking(&sd, |sd| {
@@ -379,11 +369,9 @@ async fn reload_applies_settings_without_dropping_requests() {
 /// killed process held can fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_costs_only_its_own_connections() {
-    if !can_boot("a_killed_instance_costs_only_its_own_connections") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let keep_alive = 50;
     let new_conn = 50;
     let load = Load::start(addr, "/", keep_alive, new_conn, PACE);
@@ -430,14 +418,9 @@ async fn a_killed_instance_costs_only_its_own_connections() {
 /// wait in the socket's queue. Nothing is lost; the figure is the added latency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_restart_makes_connections_wait_not_fail() {
-    if !can_boot("one_instance_restart_makes_connections_wait_not_fail") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_ONE).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| {
-        sd.systemctl_ok(&["start", "app.socket", "app@1.service"])
-    })
-    .await;
+    };
     let load = Load::start(addr, "/", 25, 25, PACE);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut steady = load.stop().await;
@@ -471,11 +454,9 @@ async fn one_instance_restart_makes_connections_wait_not_fail() {
 /// app@1 and is answered.
 #[test]
 fn the_first_request_starts_an_instance_on_demand() {
-    if !can_boot("the_first_request_starts_an_instance_on_demand") {
+    let Some((sd, addr)) = booted_now(|| Install::project(""), &["app.socket"]) else {
         return;
-    }
-    let (sd, addr) = boot("");
-    sd.systemctl_ok(&["start", "app.socket"]);
+    };
     assert_eq!(sd.property("app@1.service", "ActiveState"), "inactive");
     let (status, body) = http_get(addr, "/version").unwrap();
     assert_eq!(status, 200, "{body}");
@@ -489,10 +470,9 @@ fn the_first_request_starts_an_instance_on_demand() {
 /// administrator stopped).
 #[test]
 fn a_rollout_with_nothing_running_fails_unless_told_it_may() {
-    if !can_boot("a_rollout_with_nothing_running_fails_unless_told_it_may") {
+    let Some((sd, _addr)) = booted_now(|| Install::project(""), &[]) else {
         return;
-    }
-    let (sd, _addr) = boot("");
+    };
     let (ok, output) = rollout(&sd, "/usr/bin/app", &[]);
     assert!(!ok, "{output}");
     assert!(
@@ -514,11 +494,9 @@ fn a_rollout_with_nothing_running_fails_unless_told_it_may() {
 /// serves only the socket systemd passes. The watchdog is on.
 #[test]
 fn an_instance_runs_unprivileged_with_no_network_but_its_socket() {
-    if !can_boot("an_instance_runs_unprivileged_with_no_network_but_its_socket") {
+    let Some((sd, addr)) = booted_now(|| Install::project(""), APP_ONE) else {
         return;
-    }
-    let (sd, addr) = boot("");
-    sd.systemctl_ok(&["start", "app.socket", "app@1.service"]);
+    };
     let pid = main_pid(&sd, "app@1.service");
     let read = |path: &str| {
         let out = sd.run("cat", &[&format!("/proc/{pid}/{path}")]);

@@ -18,7 +18,7 @@ use support::http2::{
 };
 use support::http10::{Http10Load, ab_keep_alive, ab_version};
 use support::service::blocking;
-use support::systemd::{Install, SystemdBox, can_boot};
+use support::systemd::{APP_TARGET, Install, SystemdBox, booted, can_boot};
 use support::wsclients::{WsClients, python_with_websockets};
 
 const ROLLOUTS: usize = 10;
@@ -39,11 +39,10 @@ async fn boot(settings: &str, extra: &[(&str, &str)]) -> (Arc<SystemdBox>, Socke
     for (path, contents) in extra {
         install = install.file(path, contents);
     }
-    let (sd, addr) = tokio::task::spawn_blocking(move || SystemdBox::boot_on_free_port(install))
+    // Each test checked `can_boot` first, before its clients.
+    booted(move || install, APP_TARGET)
         .await
-        .unwrap();
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
-    (sd, addr)
+        .expect("the box boots where can_boot said it can")
 }
 
 /// The main pids of the two default instances.

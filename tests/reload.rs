@@ -13,7 +13,7 @@ use support::load::Load;
 use support::pool::{Pool, PoolCounts};
 use support::release::next_release;
 use support::service::{Version, assert_no_loss, blocking, versions};
-use support::systemd::{Install, SystemdBox, can_boot};
+use support::systemd::{APP_ONE, APP_TARGET, Install, SystemdBox, booted, can_boot};
 
 const PACE: Duration = Duration::from_millis(50);
 
@@ -22,10 +22,6 @@ const POOL_CONNECTIONS: usize = 150;
 const POOL_IDLE_MAX: Duration = Duration::from_millis(1500);
 
 const DROP_IN: &str = "/etc/systemd/system/app@.service.d/test.conf";
-
-fn boot(settings: &str) -> (Arc<SystemdBox>, SocketAddr) {
-    SystemdBox::boot_on_free_port(Install::project(settings))
-}
 
 /// The fault-switch build (tests/support/fault.rs), with `service` in a
 /// drop-in for app@.service. No core dumps: a watchdog kill is SIGABRT.
@@ -74,11 +70,9 @@ fn expected_pids(pids: &[String; 2]) -> Vec<(String, String)> {
 /// replaces both processes, and no request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_or_restart_replaces_both_instances_without_an_error() {
-    if !can_boot("reload_or_restart_replaces_both_instances_without_an_error") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let load = Load::start(addr, "/", 50, 50, PACE);
     let (before, after) = blocking(&sd, |sd| {
         let before = pids(sd);
@@ -108,8 +102,9 @@ async fn reload_or_restart_deploys_a_new_release_without_an_error() {
         return;
     }
     let next = tokio::task::spawn_blocking(next_release).await.unwrap();
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
+        return;
+    };
     let before = blocking(&sd, pids).await;
     let old = serving(&sd, addr).await;
     assert_eq!(pids_seen(&old), expected_pids(&before));
@@ -261,11 +256,9 @@ fn assert_pool_lost_nothing(what: &str, run: &PoolRun) {
 /// one it opened at the start (none closed by the server, none reopened).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_pool_keeps_its_connections_through_ten_rollouts() {
-    if !can_boot("a_keep_alive_pool_keeps_its_connections_through_ten_rollouts") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let before = blocking(&sd, pids).await;
     let run = pool_through_rollouts(&sd, addr, &["app@1.service", "app@2.service"], 10).await;
     assert_pool_lost_nothing("pool, 10 rollouts of 2 instances", &run);
@@ -281,14 +274,9 @@ async fn a_keep_alive_pool_keeps_its_connections_through_ten_rollouts() {
 /// connection's next one, so only the handover can keep them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_pool_keeps_its_connections_through_ten_reloads_of_one_instance() {
-    if !can_boot("a_keep_alive_pool_keeps_its_connections_through_ten_reloads_of_one_instance") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_ONE).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| {
-        sd.systemctl_ok(&["start", "app.socket", "app@1.service"])
-    })
-    .await;
+    };
     let before = blocking(&sd, |sd| main_pid(sd, "app@1.service")).await;
     let run = pool_through_rollouts(&sd, addr, &["app@1.service"], 10).await;
     assert_pool_lost_nothing("pool, 10 reloads of 1 instance", &run);
@@ -304,11 +292,9 @@ async fn a_keep_alive_pool_keeps_its_connections_through_ten_reloads_of_one_inst
 /// ones, so the pool's figures can tell a reload from a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_pool_sees_a_restart_close_its_connections() {
-    if !can_boot("a_keep_alive_pool_sees_a_restart_close_its_connections") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let pool = Pool::start(addr, "/", POOL_CONNECTIONS, POOL_IDLE_MAX).await;
     let output = blocking(&sd, |sd| {
         let out = sd.run("/usr/bin/app", &["rollout", "--restart"]);
@@ -332,11 +318,9 @@ async fn a_keep_alive_pool_sees_a_restart_close_its_connections() {
 /// `systemctl reload 'app@*'`: every instance at once, under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloading_every_instance_at_once_loses_nothing() {
-    if !can_boot("reloading_every_instance_at_once_loses_nothing") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let before = blocking(&sd, pids).await;
     let load = Load::start(addr, "/", 50, 50, PACE);
     let mut took = Vec::new();
@@ -503,11 +487,9 @@ async fn a_broken_release_fails_the_reload_and_the_old_process_serves_on() {
 /// connections the killed process held can fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_process_killed_is_restarted_while_its_sibling_serves() {
-    if !can_boot("a_reloaded_process_killed_is_restarted_while_its_sibling_serves") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let mut journal = blocking(&sd, |sd| sd.follow_journal("app@1.service")).await;
     let (before, reloaded, back) = blocking(&sd, move |sd| {
         let before = pids(sd);
@@ -657,11 +639,9 @@ async fn the_watchdog_watches_the_reloaded_process() {
 /// SIGKILL (what KillMode=mixed does to such a main process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_process_drains_on_stop_and_restart() {
-    if !can_boot("a_reloaded_process_drains_on_stop_and_restart") {
+    let Some((sd, addr)) = booted(|| Install::project(""), APP_TARGET).await else {
         return;
-    }
-    let (sd, addr) = boot("");
-    blocking(&sd, |sd| sd.systemctl_ok(&["start", "app.target"])).await;
+    };
     let load = Load::start(addr, "/", 50, 50, PACE);
     let (reloaded, result) = blocking(&sd, |sd| {
         let mut journal = sd.follow_journal("app@1.service");

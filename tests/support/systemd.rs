@@ -48,6 +48,68 @@ pub fn can_boot(test: &str) -> bool {
     }
 }
 
+/// The units most tests start: both instances behind the shared socket.
+pub const APP_TARGET: &[&str] = &["app.target"];
+/// One instance behind the socket.
+pub const APP_ONE: &[&str] = &["app.socket", "app@1.service"];
+
+/// How nearly every systemd test begins, in one place: the box can boot
+/// (else `None`, after [`can_boot`]'s message for the running test, or its
+/// failure under CI), boots with what `install` gives (called only then:
+/// it builds the binaries) and its socket on a free loopback port, and
+/// `systemctl start`s `units` (none: nothing started).
+pub fn booted_now(
+    install: impl FnOnce() -> Install,
+    units: &[&str],
+) -> Option<(std::sync::Arc<SystemdBox>, std::net::SocketAddr)> {
+    if !can_boot(&running_test()) {
+        return None;
+    }
+    Some(boot_and_start(install(), units))
+}
+
+fn boot_and_start(
+    install: Install,
+    units: &[&str],
+) -> (std::sync::Arc<SystemdBox>, std::net::SocketAddr) {
+    let (sd, addr) = SystemdBox::boot_on_free_port(install);
+    if !units.is_empty() {
+        let mut start = vec!["start"];
+        start.extend_from_slice(units);
+        sd.systemctl_ok(&start);
+    }
+    (sd, addr)
+}
+
+/// [`booted_now`] from an async test: the boot blocks for seconds, off the
+/// runtime's threads.
+pub async fn booted(
+    install: impl FnOnce() -> Install + Send + 'static,
+    units: &[&str],
+) -> Option<(std::sync::Arc<SystemdBox>, std::net::SocketAddr)> {
+    if !can_boot(&running_test()) {
+        return None;
+    }
+    let units: Vec<String> = units.iter().map(|u| (*u).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let units: Vec<&str> = units.iter().map(String::as_str).collect();
+        boot_and_start(install(), &units)
+    })
+    .await
+    .map(Some)
+    .unwrap()
+}
+
+/// The running test's name: libtest names each test's thread after it (an
+/// async test's body runs on that thread too). Run one at a time, tests
+/// share the main thread, and the name is not known.
+fn running_test() -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_owned(),
+        _ => "this test".to_owned(),
+    }
+}
+
 /// A duration the repository's unit file sets (`KEY=10s`); panics if it
 /// does not set it.
 pub fn unit_duration(unit: &str, key: &str) -> Duration {
