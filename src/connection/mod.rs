@@ -14,12 +14,29 @@
 //! - [`admission`]: the slots, against `max_connections`;
 //! - [`tracking`]: the wrappers that tell the task what happens on the
 //!   connection, and bring its IO home when hyper or the service lets go;
+//!   what they note is one atomic word, [`word`];
+//! - [`streams`]: an HTTP/2 stream's end at the drain's cut-off;
 //! - [`websocket`]: the WebSocket Close frame, between two frames;
 //! - [`linger`]: the lingering close every connection ends with;
 //! - [`moving`]: or, when a new process replaces this one, whether and when
 //!   an HTTP/1 connection moves to it, between two requests, as a pure
 //!   state machine; [`move_target`] sends it;
 //! - this module: the task that ties them together.
+//!
+//! The flow, all of it in [`serve`] and the loop it runs (`drive`):
+//!
+//! ```text
+//! accept (server.rs), with a Slot            handed over (replace), forced Slot
+//!        └──────────────┬──────────────────────────────┘
+//!   serve: wrap the IO, the service and each body (tracking → word)
+//!   sniff the first bytes → hyper HTTP/1 or HTTP/2 (http)
+//!   drive: hyper serves; the task sleeps until policy::due or a wake
+//!     ├─ drain, no successor:  policy → Connection: close / GOAWAY / Close frame
+//!     ├─ drain, a successor:   moving::Mover → wait | move now | drain here
+//!     └─ cut-off, deadline:    streams end, what is left is cut
+//!   End::Move  → move_target sends the fd; this process's copy closes
+//!   End::Close → linger (a FIN, then reads drained) → the Slot is given back
+//! ```
 
 mod admission;
 mod http;
