@@ -66,6 +66,9 @@ const STEADY_SECONDS: u32 = 4;
 const STEADY_ROUNDS: usize = 6;
 const CONNECTION_STEPS: [u32; 4] = [64, 256, 1024, 4096];
 const SCALING_SECONDS: u32 = 4;
+/// ABBA rounds at each step: one back-to-back pair is at the mercy of what
+/// else the two cores do in those seconds (wrk shares them).
+const SCALING_ROUNDS: usize = 4;
 const INSTANCE_STEPS: [u32; 3] = [1, 2, 4];
 const INSTANCE_CONNECTIONS: u32 = 256;
 /// The deploy run's fixed-rate load: clients, each due to send every PACE.
@@ -250,8 +253,9 @@ struct Report {
     idle_rss_kib: u64,
     steady_app: Vec<Wrk>,
     steady_baseline: Vec<Wrk>,
-    connections_app: Vec<(u32, Wrk)>,
-    connections_baseline: Vec<(u32, Wrk)>,
+    /// Each step's runs, in ABBA order, as many of each.
+    connections_app: Vec<(u32, Vec<Wrk>)>,
+    connections_baseline: Vec<(u32, Vec<Wrk>)>,
     peak_rss_kib: u64,
     unit_idle_rss_kib: Vec<u64>,
     unit_load_rss_kib: Vec<u64>,
@@ -354,6 +358,16 @@ fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
     let mut sorted = values.to_vec();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     sorted[sorted.len() / 2]
+}
+
+/// The median of back-to-back pairs' throughput ratios (app over baseline).
+fn round_ratio(app: &[Wrk], baseline: &[Wrk]) -> f64 {
+    median(
+        &app.iter()
+            .zip(baseline)
+            .map(|(a, b)| a.requests_per_sec / b.requests_per_sec)
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn ms(d: Duration) -> String {
@@ -614,11 +628,21 @@ fn connections(app_bin: &Path, baseline: &Path, report: &mut Report) {
     let app = Server::app(app_bin, &[]);
     let base = Server::baseline(baseline, &[]);
     for connections in CONNECTION_STEPS {
-        let b = wrk(base.addr, connections, SCALING_SECONDS);
-        show(&format!("base c{connections}"), &b);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        abba(SCALING_ROUNDS, |name, round| {
+            let (addr, runs) = match name {
+                "app" => (app.addr, &mut a),
+                _ => (base.addr, &mut b),
+            };
+            let w = wrk(addr, connections, SCALING_SECONDS);
+            show(&format!("{name} c{connections} {round}"), &w);
+            runs.push(w);
+        });
+        println!(
+            "c{connections}: app / baseline, median of the rounds: {:.3}×",
+            round_ratio(&a, &b)
+        );
         report.connections_baseline.push((connections, b));
-        let a = wrk(app.addr, connections, SCALING_SECONDS);
-        show(&format!("app c{connections}"), &a);
         report.connections_app.push((connections, a));
     }
     report.peak_rss_kib = rss(app.pid()).1;
@@ -1273,7 +1297,7 @@ impl Report {
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "Scaling with concurrent connections (wrk, `/`, {SCALING_SECONDS} s each):"
+            "Scaling with concurrent connections (wrk, `/`, {SCALING_SECONDS} s each, {SCALING_ROUNDS} rounds of back-to-back runs at each step (ABBA order); medians, and the median of the rounds' ratios):"
         );
         let _ = writeln!(t);
         let _ = writeln!(
@@ -1282,16 +1306,24 @@ impl Report {
         );
         let _ = writeln!(t, "|---|---|---|---|---|---|---|");
         for ((c, a), (_, b)) in self.connections_app.iter().zip(&self.connections_baseline) {
+            let rps =
+                |runs: &[Wrk]| median(&runs.iter().map(|w| w.requests_per_sec).collect::<Vec<_>>());
+            let p99 = |runs: &[Wrk]| median(&runs.iter().map(|w| w.p99).collect::<Vec<_>>());
+            let errors = |runs: &[Wrk]| {
+                runs.iter()
+                    .map(|w| w.socket_errors + w.non_2xx)
+                    .sum::<u64>()
+            };
             let _ = writeln!(
                 t,
                 "| {c} | {:.0} | {} | {:.0} | {} | {:.3}× | {}, {} |",
-                a.requests_per_sec,
-                ms(a.p99),
-                b.requests_per_sec,
-                ms(b.p99),
-                a.requests_per_sec / b.requests_per_sec,
-                a.socket_errors + a.non_2xx,
-                b.socket_errors + b.non_2xx
+                rps(a),
+                ms(p99(a)),
+                rps(b),
+                ms(p99(b)),
+                round_ratio(a, b),
+                errors(a),
+                errors(b)
             );
         }
         if !self.instances.is_empty() {
