@@ -144,8 +144,10 @@ pub fn copy_sources(dest: &Path) -> Result<(), String> {
         "systemd",
         "packaging",
         "benches",
-        // A workspace member: cargo wants it present.
+        // Workspace members: cargo wants them present (tests/support, the
+        // test helpers, is one).
         "examples",
+        "tests",
         // The patched h2 that `[patch.crates-io]` points at.
         "vendor",
     ];
