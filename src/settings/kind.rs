@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Arg;
-use clap::builder::{BoolishValueParser, ValueParser};
+use clap::builder::ValueParser;
 
 /// One kind of value.
 pub(crate) trait Kind {
@@ -188,7 +188,8 @@ where
 }
 
 /// On or off. The flag takes no value (`--require-socket`); its variable
-/// and key do (`true`, `false`, and as a variable also `yes`, `no`, `1`, `0`).
+/// and key do (`true`, `false`, and as a variable also `yes`, `no`, `on`,
+/// `off`, `1`, `0`, `y`, `n`, `t`, `f`: what clap's boolish parser took).
 pub(crate) struct Switch;
 
 impl Kind for Switch {
@@ -196,8 +197,8 @@ impl Kind for Switch {
 
     fn parse(text: &str) -> Result<bool, String> {
         match text.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => Ok(true),
-            "false" | "no" | "off" | "0" => Ok(false),
+            "true" | "yes" | "on" | "1" | "y" | "t" => Ok(true),
+            "false" | "no" | "off" | "0" | "n" | "f" => Ok(false),
             _ => Err(format!("{text:?} is neither true nor false")),
         }
     }
@@ -217,10 +218,12 @@ impl Kind for Switch {
         if *value { "on" } else { "off" }.to_owned()
     }
 
+    /// The variable's text goes through [`Switch::parse`], as every other
+    /// kind's does through its own.
     fn arg(id: &'static str, _value_name: &'static str) -> Arg {
         Arg::new(id)
             .long(id.replace('_', "-"))
-            .value_parser(BoolishValueParser::new())
+            .value_parser(ValueParser::new(|text: &str| Self::parse(text)))
             .action(clap::ArgAction::SetTrue)
     }
 
@@ -277,6 +280,16 @@ mod tests {
         assert!(Address::parse("127.0.0.1:99999").is_err());
 
         assert_eq!(Switch::from_toml(&toml("v = true")), Ok(true));
+        for (text, on) in [
+            ("TRUE", true),
+            ("y", true),
+            ("1", true),
+            ("off", false),
+            ("F", false),
+        ] {
+            assert_eq!(Switch::parse(text), Ok(on), "{text}");
+        }
+        assert!(Switch::parse("maybe").is_err());
         assert!(Switch::from_toml(&toml("v = \"maybe\"")).is_err());
         let quoted = "a\"b'c".to_owned();
         let written = format!("v = {}", Text::to_toml(&quoted));
